@@ -76,9 +76,13 @@ def require_binary(name: str, *ensure_args: str) -> str:
     if found:
         return found
     ensure(*(ensure_args or ("packages",)))
-    found = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+    found = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None
+    )
     if not found:
-        raise PrerequisiteError(f"{name} is still missing after scripts/ensure.sh {' '.join(ensure_args)}")
+        raise PrerequisiteError(
+            f"{name} is still missing after scripts/ensure.sh {' '.join(ensure_args)}"
+        )
     return found
 
 
