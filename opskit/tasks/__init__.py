@@ -1,0 +1,23 @@
+"""The invoke collection: each module defines its tasks and an `ns`; the root flattens them.
+
+Task names follow the operators' guide's make targets (`inv dev-down` for `make dev-down`).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from invoke import Collection
+
+# one module per area; each exports `ns`
+MODULES = ("opskit.tasks.config",)
+
+
+def namespace() -> Collection:
+    root = Collection()
+    for name in MODULES:
+        module = import_module(name)
+        for task_name, task in module.ns.tasks.items():
+            root.add_task(task, name=task_name)
+        root.configure(module.ns.configuration())
+    return root
