@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install and start what the toolkit and its tests need on a Debian 12 machine.
 #
-# Usage: scripts/ensure.sh [python] [packages] [docker] [compose] [base-image] ...
+# Usage: scripts/ensure.sh [dev | test | STEP...]
+#   dev         what `inv dev` needs: python docker compose base-image
+#   test        what the whole test suite needs: all of the steps below
 #   python      .venv with the project and its extras (app, s3, test)
 #   packages    Debian packages the test servers and tools come from
 #   docker      the Docker engine, started in the background when not running
@@ -138,14 +140,16 @@ step_base_image() {
   say "base image debian:bookworm-slim: built with debootstrap from $mirror"
 }
 
-[ $# -gt 0 ] || set -- python packages
+[ $# -gt 0 ] || set -- dev
 for what in "$@"; do
   case "$what" in
+    dev) step_python; step_docker; step_compose; step_base_image ;;
+    test) step_python; step_packages; step_docker; step_compose; step_base_image ;;
     python) step_python ;;
     packages) step_packages ;;
     docker) step_docker ;;
     compose) step_compose ;;
     base-image) step_base_image ;;
-    *) die "unknown step '$what' (python, packages, docker, compose, base-image)" ;;
+    *) die "unknown step '$what' (dev, test, python, packages, docker, compose, base-image)" ;;
   esac
 done
