@@ -1,0 +1,168 @@
+"""The app's own tests: `python manage.py test` against the configured PostgreSQL and Redis.
+
+They need a role that may create the test database (the local aiia_dev role does).
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth.models import Permission, User
+from django.contrib.sessions.models import Session
+from django.test import Client, TestCase, override_settings
+
+from core import health
+from core.models import Note
+
+# a loopback port nothing listens on: connections are refused at once
+UNREACHABLE_CACHE = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+
+class HealthTests(TestCase):
+    @classmethod
+    def tearDownClass(cls):
+        # the probe thread's own connection would keep the test database from being dropped
+        health.close_probe_connection()
+        super().tearDownClass()
+
+    def test_ok_with_database_and_cache(self):
+        response = self.client.get("/health/")
+        self.assertEqual(response.status_code, 200, response.content)
+        body = response.json()
+        self.assertEqual(body["status"], "ok")
+        self.assertTrue(body["checks"]["database"]["ok"])
+        self.assertTrue(body["checks"]["cache"]["ok"])
+        self.assertTrue(body["version"])
+        self.assertIn(body["environment"], ("local", "staging", "production"))
+        self.assertEqual(response["Cache-Control"], "no-store")
+
+    @override_settings(ALLOWED_HOSTS=["eduaiia.com"])
+    def test_answers_probes_whatever_their_host(self):
+        for host in ("127.0.0.1:8000", "localhost", "aiia_django_prod:8000"):
+            with self.subTest(host=host):
+                response = self.client.get("/health/", HTTP_HOST=host)
+                self.assertEqual(response.status_code, 200)
+        # ... while every other page still enforces ALLOWED_HOSTS
+        self.assertEqual(self.client.get("/api/notes/", HTTP_HOST="localhost").status_code, 400)
+
+    @override_settings(SECURE_SSL_REDIRECT=True)
+    def test_plain_http_is_not_redirected(self):
+        self.assertEqual(self.client.get("/health/").status_code, 200)
+        self.assertEqual(self.client.get("/api/notes/").status_code, 301)
+
+    def test_touches_no_session(self):
+        response = self.client.get("/health/")
+        self.assertEqual(response.cookies, {})
+        self.assertFalse(Session.objects.exists())
+
+    def test_head_and_other_methods(self):
+        self.assertEqual(self.client.head("/health/").status_code, 200)
+        response = self.client.post("/health/")
+        self.assertEqual(response.status_code, 405)
+        self.assertEqual(response["Allow"], "GET, HEAD")
+
+    @override_settings(CACHES=UNREACHABLE_CACHE)
+    def test_fails_naming_the_cache_when_redis_is_unreachable(self):
+        response = self.client.get("/health/")
+        self.assertEqual(response.status_code, 503)
+        body = response.json()
+        self.assertEqual(body["status"], "fail")
+        self.assertFalse(body["checks"]["cache"]["ok"])
+        self.assertEqual(body["checks"]["cache"]["error"], "ConnectionError")
+        self.assertTrue(body["checks"]["database"]["ok"])
+
+    def test_redact_hides_configured_secrets(self):
+        secrets = health.secret_values("db-secret", "redis://u:p%40ss@redis:6379/0", "k" * 50)
+        text = health.redact("auth p@ss p%40ss failed for db-secret", secrets)
+        self.assertEqual(text, "auth *** *** failed for ***")
+
+
+class NoteApiTests(TestCase):
+    @classmethod
+    def setUpTestData(cls):
+        cls.admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-1")
+        cls.reader = User.objects.create_user("reader", "reader@example.com", "pw-reader-1")
+        cls.writer = User.objects.create_user("writer", "writer@example.com", "pw-writer-1")
+        cls.writer.user_permissions.add(Permission.objects.get(codename="add_note"))
+
+    def post(self, client: Client, payload, **extra):
+        return client.post(
+            "/api/notes/", json.dumps(payload), content_type="application/json", **extra
+        )
+
+    def test_list_is_public_newest_first_and_bounded(self):
+        first = Note.objects.create(title="first")
+        second = Note.objects.create(title="second", body="more")
+        response = self.client.get("/api/notes/")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual([n["id"] for n in response.json()["results"]], [second.pk, first.pk])
+        self.assertEqual(len(self.client.get("/api/notes/?limit=1").json()["results"]), 1)
+        for bad in ("0", "101", "x"):
+            with self.subTest(limit=bad):
+                self.assertEqual(self.client.get(f"/api/notes/?limit={bad}").status_code, 400)
+
+    def test_detail(self):
+        note = Note.objects.create(title="one", body="text")
+        body = self.client.get(f"/api/notes/{note.pk}/").json()
+        self.assertEqual((body["title"], body["body"]), ("one", "text"))
+        self.assertEqual(self.client.get(f"/api/notes/{note.pk + 1000}/").status_code, 404)
+        self.assertEqual(self.client.delete(f"/api/notes/{note.pk}/").status_code, 405)
+
+    def test_post_needs_a_session(self):
+        response = self.post(self.client, {"title": "x"})
+        self.assertEqual(response.status_code, 403)
+        self.assertIn("log in", response.json()["error"])
+        self.assertFalse(Note.objects.exists())
+
+    def test_post_needs_the_add_permission(self):
+        self.client.force_login(self.reader)
+        self.assertEqual(self.post(self.client, {"title": "x"}).status_code, 403)
+        self.client.force_login(self.writer)
+        self.assertEqual(self.post(self.client, {"title": "x"}).status_code, 201)
+
+    def test_post_needs_the_csrf_token(self):
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(self.admin)
+        refused = self.post(client, {"title": "x"})
+        self.assertEqual(refused.status_code, 403)
+        self.assertIn("CSRF", refused.json()["error"])
+        client.get("/admin/login/")  # sets the csrftoken cookie, as for a browser
+        token = client.cookies["csrftoken"].value
+        created = self.post(client, {"title": " hello ", "body": "b"}, HTTP_X_CSRFTOKEN=token)
+        self.assertEqual(created.status_code, 201, created.content)
+        self.assertEqual(created.json()["title"], "hello")
+        self.assertEqual(Note.objects.get().body, "b")
+
+    def test_post_validates(self):
+        self.client.force_login(self.admin)
+        cases = {
+            "no title": ({"body": "x"}, 400),
+            "blank title": ({"title": "  "}, 400),
+            "long title": ({"title": "x" * 201}, 400),
+            "body not text": ({"title": "x", "body": 3}, 400),
+            "not an object": (["x"], 400),
+        }
+        for name, (payload, status) in cases.items():
+            with self.subTest(name):
+                self.assertEqual(self.post(self.client, payload).status_code, status)
+        form = self.client.post("/api/notes/", {"title": "x"})
+        self.assertEqual(form.status_code, 415)
+        broken = self.client.post("/api/notes/", "{", content_type="application/json")
+        self.assertEqual(broken.status_code, 400)
+        self.assertFalse(Note.objects.exists())
+
+
+class AdminTests(TestCase):
+    def test_login_page_and_notes_admin(self):
+        self.assertEqual(self.client.get("/admin/login/").status_code, 200)
+        admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-1")
+        self.client.force_login(admin)
+        Note.objects.create(title="visible in admin")
+        page = self.client.get("/admin/core/note/")
+        self.assertContains(page, "visible in admin")
