@@ -234,11 +234,12 @@ def test_redis_without_user_or_password(environ):
 
 
 def test_static_and_media_roots_from_env(environ, tmp_path):
-    s = load_settings(
-        **example_env("local"),
-        DJANGO_STATIC_ROOT=str(tmp_path / "static"),
-        DJANGO_MEDIA_ROOT=str(tmp_path / "media"),
+    values = example_env("local")
+    assert values["DJANGO_STATIC_ROOT"] == values["DJANGO_MEDIA_ROOT"] == ""
+    values.update(
+        DJANGO_STATIC_ROOT=str(tmp_path / "static"), DJANGO_MEDIA_ROOT=str(tmp_path / "media")
     )
+    s = load_settings(**values)
     assert (s["STATIC_ROOT"], s["MEDIA_ROOT"]) == (tmp_path / "static", tmp_path / "media")
 
 
