@@ -14,6 +14,22 @@ from django.test import Client, TestCase, override_settings
 from core import health
 from core.models import Note
 
+
+class HttpsClient(Client):
+    """Every request over https, as nginx forwards it: the deployed settings redirect http."""
+
+    def generic(
+        self, method, path, data="", content_type="application/octet-stream", secure=False, **extra
+    ):
+        return super().generic(method, path, data, content_type, True, **extra)
+
+
+class AppTestCase(TestCase):
+    """Runs under any ENVIRONMENT: local, staging or production settings."""
+
+    client_class = HttpsClient
+
+
 # a loopback port nothing listens on: connections are refused at once
 UNREACHABLE_CACHE = {
     "default": {
@@ -24,7 +40,7 @@ UNREACHABLE_CACHE = {
 }
 
 
-class HealthTests(TestCase):
+class HealthTests(AppTestCase):
     @classmethod
     def tearDownClass(cls):
         # the probe thread's own connection would keep the test database from being dropped
@@ -53,8 +69,9 @@ class HealthTests(TestCase):
 
     @override_settings(SECURE_SSL_REDIRECT=True)
     def test_plain_http_is_not_redirected(self):
-        self.assertEqual(self.client.get("/health/").status_code, 200)
-        self.assertEqual(self.client.get("/api/notes/").status_code, 301)
+        plain = Client()
+        self.assertEqual(plain.get("/health/").status_code, 200)
+        self.assertEqual(plain.get("/api/notes/").status_code, 301)
 
     def test_touches_no_session(self):
         response = self.client.get("/health/")
@@ -83,7 +100,7 @@ class HealthTests(TestCase):
         self.assertEqual(text, "auth *** *** failed for ***")
 
 
-class NoteApiTests(TestCase):
+class NoteApiTests(AppTestCase):
     @classmethod
     def setUpTestData(cls):
         cls.admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-1")
@@ -127,13 +144,13 @@ class NoteApiTests(TestCase):
         self.assertEqual(self.post(self.client, {"title": "x"}).status_code, 201)
 
     def test_post_needs_the_csrf_token(self):
-        client = Client(enforce_csrf_checks=True)
+        client = HttpsClient(enforce_csrf_checks=True, HTTP_ORIGIN="https://testserver")
+        client.get("/admin/login/")  # sets the csrftoken cookie, as for a browser
+        token = client.cookies["csrftoken"].value
         client.force_login(self.admin)
         refused = self.post(client, {"title": "x"})
         self.assertEqual(refused.status_code, 403)
         self.assertIn("CSRF", refused.json()["error"])
-        client.get("/admin/login/")  # sets the csrftoken cookie, as for a browser
-        token = client.cookies["csrftoken"].value
         created = self.post(client, {"title": " hello ", "body": "b"}, HTTP_X_CSRFTOKEN=token)
         self.assertEqual(created.status_code, 201, created.content)
         self.assertEqual(created.json()["title"], "hello")
@@ -158,7 +175,7 @@ class NoteApiTests(TestCase):
         self.assertFalse(Note.objects.exists())
 
 
-class AdminTests(TestCase):
+class AdminTests(AppTestCase):
     def test_login_page_and_notes_admin(self):
         self.assertEqual(self.client.get("/admin/login/").status_code, 200)
         admin = User.objects.create_superuser("admin", "admin@example.com", "pw-admin-1")
