@@ -48,6 +48,7 @@ PACKAGES=(
   ca-certificates curl git openssl procps iproute2
   postgresql-15 postgresql-client-15 pgbouncer redis-server nginx-light apache2-utils
   age openssh-server openssh-client debootstrap shellcheck wrk docker-registry
+  gettext-base sslscan
 )
 
 step_python() {
