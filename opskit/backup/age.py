@@ -78,12 +78,13 @@ DEFAULT_WORK_FACTOR = 18
 # Refuse more when decrypting: 2**22 already needs 4 GiB of memory and minutes of CPU,
 # so a higher factor in a file is an attack or a mistake (age uses the same limit).
 MAX_WORK_FACTOR = 22
+# Both the header's stanza bodies and the armor wrap base64 at 64 columns.
+COLUMNS = 64
 # A header is a few hundred bytes; this only bounds what a hostile file can make us buffer.
 MAX_HEADER_SIZE = 1 << 20
 
 ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
 ARMOR_END = b"-----END AGE ENCRYPTED FILE-----"
-ARMOR_COLUMNS = 64
 ARMOR_BYTES_PER_LINE = 48
 # Whitespace allowed around the armor, bounded so that a stream of blanks cannot stall us.
 ARMOR_MAX_WHITESPACE = 1024
@@ -602,8 +603,8 @@ def _identities_for(
 
 def _encode_stanza(stanza: Stanza) -> bytes:
     body = _b64encode(stanza.body)
-    lines = [body[i : i + ARMOR_COLUMNS] for i in range(0, len(body), ARMOR_COLUMNS)]
-    if not lines or len(lines[-1]) == ARMOR_COLUMNS:
+    lines = [body[i : i + COLUMNS] for i in range(0, len(body), COLUMNS)]
+    if not lines or len(lines[-1]) == COLUMNS:
         lines.append(b"")  # the body always ends with a line shorter than 64 columns
     return b"-> " + " ".join(stanza.args).encode("ascii") + b"\n" + b"\n".join(lines) + b"\n"
 
@@ -649,6 +650,10 @@ def _read_header(source: _Source) -> _Header:
     if first != VERSION_LINE + b"\n":
         if not first:
             raise HeaderError("the input is empty: this is not an age file (nothing to decrypt)")
+        if first == VERSION_LINE:
+            raise HeaderError(
+                "the file is truncated: it ends inside the header; the copy is incomplete"
+            )
         if first.startswith(VERSION_LINE + b"\r"):
             raise HeaderError(
                 "the header has Windows line endings (CRLF): the file was altered by a "
@@ -675,12 +680,12 @@ def _read_header(source: _Source) -> _Header:
         body_lines = []
         while True:
             body_line = next_line()[:-1]
-            if len(body_line) > ARMOR_COLUMNS or not _B64_CHARS.fullmatch(body_line):
+            if len(body_line) > COLUMNS or not _B64_CHARS.fullmatch(body_line):
                 raise HeaderError(
                     "malformed header: a stanza body line is not base64 of at most 64 columns"
                 )
             body_lines.append(body_line)
-            if len(body_line) < ARMOR_COLUMNS:
+            if len(body_line) < COLUMNS:
                 break
         body = _b64decode(b"".join(body_lines), "a stanza body")
         stanzas.append(Stanza(tuple(a.decode("ascii") for a in arguments), body))
@@ -915,7 +920,7 @@ class _ArmorReader:
     def _decode_last_line(line: bytes) -> bytes:
         if not line:
             raise ArmorError("invalid armor: empty line inside the armored block")
-        if len(line) > ARMOR_COLUMNS:
+        if len(line) > COLUMNS:
             raise ArmorError("invalid armor: a line is longer than 64 columns")
         if len(line) % 4 or not _ARMOR_LAST_LINE.fullmatch(line):
             raise ArmorError(
@@ -1128,7 +1133,7 @@ class _ArmorWriter:
 
     def _emit(self, data: bytes) -> None:
         text = binascii.b2a_base64(data, newline=False)
-        lines = [text[i : i + ARMOR_COLUMNS] for i in range(0, len(text), ARMOR_COLUMNS)]
+        lines = [text[i : i + COLUMNS] for i in range(0, len(text), COLUMNS)]
         self._dst.write(b"\n".join(lines) + b"\n")
 
     def close(self) -> None:
