@@ -55,7 +55,9 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
     return result
 
 
-def run_with_terminal(argv: list[str], passphrase: str, timeout: float = 120) -> str:
+def run_with_terminal(
+    argv: list[str], passphrase: str, timeout: float = 120, cwd: Path | None = None
+) -> str:
     """Run `argv` on a pseudo-terminal, typing `passphrase` at each passphrase prompt.
 
     The passphrase is typed only once the program has turned echo off (it is reading a
@@ -64,7 +66,10 @@ def run_with_terminal(argv: list[str], passphrase: str, timeout: float = 120) ->
     pid, fd = pty.fork()
     if pid == 0:  # child: the pty is its controlling terminal (/dev/tty)
         try:
-            os.execvp(argv[0], argv)  # noqa: S606 - argv list, no shell involved
+            if cwd is not None:
+                os.chdir(cwd)
+            env = {k: v for k, v in os.environ.items() if k != "AGE_PASSPHRASE"}
+            os.execvpe(argv[0], argv, env)  # noqa: S606 - argv list, no shell involved
         finally:
             os._exit(127)
     output = b""
@@ -260,3 +265,22 @@ def test_age_rejects_what_we_reject(age_tool, their_key, plaintexts, workdir):
     assert result.returncode != 0
     with pytest.raises(age.PayloadError):
         decrypt_file(encrypted, workdir / "flipped.out", identities=our_identities(key))
+
+
+def test_our_command_line_asks_on_the_terminal(age_tool, plaintexts, workdir):
+    """Without $AGE_PASSPHRASE, `python -m opskit.age -p` prompts (twice) like age does."""
+    plain = plaintexts[65537]
+    ours = [sys.executable, "-m", "opskit.age"]
+    encrypted, out = workdir / "cli-p.age", workdir / "cli-p.out"
+    transcript = run_with_terminal(
+        [*ours, "-p", "-o", str(encrypted), str(plain)], PASSPHRASE, cwd=ROOT
+    )
+    assert "Enter passphrase: " in transcript and "Confirm passphrase: " in transcript
+    assert PASSPHRASE not in transcript  # not echoed
+    run_with_terminal([age_tool, "-d", "-o", str(out), str(encrypted)], PASSPHRASE)
+    assert sha256(out) == sha256(plain)
+    theirs = workdir / "cli-p-theirs.age"
+    run_with_terminal([age_tool, "-p", "-o", str(theirs), str(plain)], PASSPHRASE)
+    out.unlink()
+    run_with_terminal([*ours, "-d", "-o", str(out), str(theirs)], PASSPHRASE, cwd=ROOT)
+    assert sha256(out) == sha256(plain)

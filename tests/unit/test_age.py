@@ -235,6 +235,21 @@ def test_not_an_age_file():
         decrypt_bytes(b"", [SPEC_IDENTITY])
 
 
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        (b"age-encryption.org/v1", "truncated"),
+        (b"age-encryption.org/v1\n-> X25519 abc\n", "truncated"),
+        (b"age-encryption.org/v2\n-> X25519 abc\n", "unsupported age format version"),
+        (b"age-encryption.org/v1\n--- " + b"A" * 43 + b"\n", "no recipient stanzas"),
+    ],
+    ids=["version line only", "cut in a stanza", "version 2", "no stanzas"],
+)
+def test_header_problems_are_named(start, message):
+    with pytest.raises(age.HeaderError, match=message):
+        decrypt_bytes(start, [SPEC_IDENTITY])
+
+
 def test_crlf_mangled_header_gets_a_hint(keypair):
     identity, recipient = keypair
     ciphertext = encrypt_bytes(b"x", [recipient])
