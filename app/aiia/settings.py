@@ -201,11 +201,18 @@ LOGGING = {
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
+    "filters": {"no_traceback": {"()": "aiia.logs.NoTraceback"}},
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
             "stream": "ext://sys.stdout",
             "formatter": "plain",
+        },
+        "stdout_one_line": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "plain",
+            "filters": ["no_traceback"],
         },
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
@@ -213,7 +220,7 @@ LOGGING = {
         "django": {"handlers": ["stdout"], "level": LOG_LEVEL, "propagate": False},
         # scanners send random Host headers all day; one line each is enough
         "django.security.DisallowedHost": {
-            "handlers": ["stdout"],
+            "handlers": ["stdout_one_line"],
             "level": "WARNING",
             "propagate": False,
         },

@@ -1,0 +1,142 @@
+"""/health/ under real gunicorn, against PostgreSQL through PgBouncer and Redis.
+
+The production environment (config/prod.env.example filled in), so the HTTPS redirect,
+ALLOWED_HOSTS and secure cookies are all on, as behind nginx on the server.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness.core import wait_until
+from tests.harness.django_app import DjangoApp, app_env, manage
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, pgbouncer_server, app_databases, redis_server):
+    workdir = tmp_path_factory.mktemp("health-app")
+    env = app_env(
+        "production",
+        workdir=workdir,
+        pgbouncer=pgbouncer_server,
+        database=app_databases["production"],
+        redis_server=redis_server,
+    )
+    manage(env, "migrate", "--noinput")
+    server = DjangoApp(env, workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def healthy(app: DjangoApp) -> bool:
+    status, body = app.health()
+    return status == 200 and body["status"] == "ok"
+
+
+def test_ok_with_database_and_cache(app):
+    response = app.get("/health/", headers={"Host": "127.0.0.1"})
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["cache"]["ok"] is True
+    assert body["version"] == app.env["APP_VERSION"]
+    assert body["environment"] == "production"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8000", "aiia_django_prod:8000"])
+def test_probes_get_in_with_any_host_over_plain_http(app, host):
+    response = app.get("/health/", headers={"Host": host})
+    assert response.status_code == 200, response.text
+    assert "Set-Cookie" not in response.headers
+    assert "Location" not in response.headers
+
+
+def test_other_pages_keep_allowed_hosts_and_the_https_redirect(app):
+    unknown = app.get("/api/notes/", headers={"Host": "127.0.0.1"})
+    assert unknown.status_code == 400
+    # logged as one line, without a traceback per scanner request
+    wait_until(
+        lambda: "Invalid HTTP_HOST header: '127.0.0.1'" in app.logs(),
+        timeout=10,
+        what="the DisallowedHost log line",
+    )
+    assert "Traceback" not in app.logs()
+    plain = app.get("/api/notes/", headers={"Host": "eduaiia.com"})
+    assert plain.status_code == 301
+    assert plain.headers["Location"] == "https://eduaiia.com/api/notes/"
+    proxied = app.get("/api/notes/", headers={"Host": "eduaiia.com", "X-Forwarded-Proto": "https"})
+    assert proxied.status_code == 200
+    assert "max-age=31536000" in proxied.headers["Strict-Transport-Security"]
+
+
+def test_503_naming_cache_while_redis_is_down(app, redis_server):
+    assert healthy(app)
+    redis_server.stop()
+    try:
+        status, body = app.health()
+        assert status == 503
+        assert body["status"] == "fail"
+        assert body["checks"]["cache"]["ok"] is False
+        assert body["checks"]["cache"]["error"] == "ConnectionError"
+        assert body["checks"]["database"]["ok"] is True
+    finally:
+        redis_server.start()
+    # the worker that saw the failure logs the recovery once it answers again (which of
+    # the two workers accepts a request is up to them)
+    wait_until(
+        lambda: healthy(app) and "health: cache recovered" in app.logs(),
+        timeout=30,
+        what="/health/ 200 after Redis is back",
+    )
+    assert "health: cache failing: ConnectionError" in app.logs()
+
+
+def test_503_naming_database_while_pgbouncer_is_down(app, pgbouncer_server):
+    assert healthy(app)
+    pgbouncer_server.stop()
+    try:
+        # each of the two workers probes with its own connection: ask both of them
+        for _ in range(4):
+            status, body = app.health()
+            assert status == 503
+            assert body["status"] == "fail"
+            assert body["checks"]["database"]["ok"] is False
+            assert body["checks"]["database"]["error"] == "OperationalError"
+            assert body["checks"]["cache"]["ok"] is True
+    finally:
+        pgbouncer_server.start()
+    wait_until(lambda: healthy(app), timeout=30, what="/health/ 200 after PgBouncer is back")
+    # the app's own request connections (CONN_MAX_AGE) recover as well
+    proxied = app.get("/api/notes/", headers={"Host": "eduaiia.com", "X-Forwarded-Proto": "https"})
+    assert proxied.status_code == 200
+
+
+def test_bounded_when_pgbouncer_waits_for_a_stopped_postgres(app, postgres_server):
+    """PgBouncer queues the probe's query while PostgreSQL is down: the answer still comes."""
+    assert healthy(app)
+    postgres_server.stop()
+    try:
+        for _ in range(4):
+            status, body = app.health()
+            assert status == 503
+            assert body["checks"]["database"]["ok"] is False
+            assert body["checks"]["cache"]["ok"] is True
+    finally:
+        postgres_server.start()
+    wait_until(lambda: healthy(app), timeout=60, what="/health/ 200 after PostgreSQL is back")
+    secrets_in_env = [
+        app.env[k] for k in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "DJANGO_SECRET_KEY")
+    ]
+    logs = app.logs()
+    assert "health: database failing" in logs
+    assert not any(s in logs for s in secrets_in_env)
+
+
+def test_nothing_written_under_home(app):
+    """gunicorn's control socket would go to $HOME/.gunicorn: it is disabled."""
+    assert list((app.workdir / "home").iterdir()) == []
