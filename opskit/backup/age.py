@@ -962,7 +962,9 @@ class Decryptor(io.RawIOBase):
     ``HeaderError``, ``NoMatchError``, ``HMACError`` or ``ArmorError``). The payload is
     then read one 64 KiB chunk at a time; a chunk's plaintext is released only after it
     authenticated, and a file that ends without a valid final chunk raises
-    ``PayloadError``. Memory use is a few chunks, whatever the file size.
+    ``PayloadError``. Data after the final chunk is reported on the read after that
+    chunk was released (as the reference implementation does). Memory use is a few
+    chunks, whatever the file size.
 
     ``armor=None`` detects the ASCII armor; ``True`` or ``False`` insist on one form.
     Closing a Decryptor does not close ``src``.
