@@ -1,0 +1,641 @@
+"""nginx with the shipped templates (nginx/), proven on the real server.
+
+Every request goes to 127.0.0.1 with the real site name in SNI and Host, verified
+against the test CA, so the server blocks, certificates and headers are the shipped ones.
+Rate-limit tests send from their own loopback source address (127.0.0.x) so the
+per-address zones of one test never see another test's traffic.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.harness.core import ROOT, require_binary, wait_until
+from tests.harness.native import NginxServer, _world_tmpdir, make_nginx
+
+PROD, WWW, STAGING, STATUS = (
+    "eduaiia.com",
+    "www.eduaiia.com",
+    "staging.eduaiia.com",
+    "devstatus.eduaiia.com",
+)
+SECURITY_HEADERS = {
+    "x-frame-options": "SAMEORIGIN",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "strict-origin-when-cross-origin",
+    "permissions-policy": None,  # present; value checked in the snippet test
+    "content-security-policy": None,
+}
+HSTS = "max-age=63072000"
+THIRTY_DAYS = "public, max-age=2592000"
+# Mozilla intermediate, guidelines v5.7: TLS 1.3 suites + the TLS 1.2 list of nginx.conf
+MOZILLA_INTERMEDIATE = {
+    "TLSv1.3": {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"},
+    "TLSv1.2": {
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+    },
+}  # fmt: skip
+
+
+# --- a client that speaks to 127.0.0.1 as if it were the real site ---------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def tls_context(nginx: NginxServer) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(nginx.ca_cert))
+
+
+def open_socket(nginx: NginxServer, *, tls_name: str | None, port: int, source: str):
+    sock = socket.create_connection((nginx.host, port), timeout=15, source_address=(source, 0))
+    if tls_name is None:
+        return sock
+    return tls_context(nginx).wrap_socket(sock, server_hostname=tls_name)
+
+
+def request(
+    nginx: NginxServer,
+    host: str,
+    path: str = "/",
+    *,
+    scheme: str = "https",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
+    sni: str | None = "",
+) -> Response:
+    """One request; `host` goes in SNI (unless `sni` says otherwise) and in Host."""
+    port = nginx.https_port if scheme == "https" else nginx.http_port
+    tls_name = None if scheme == "http" else (host if sni == "" else sni)
+    sock = open_socket(nginx, tls_name=tls_name, port=port, source=source)
+    with sock:
+        conn = http.client.HTTPConnection(nginx.host, port, timeout=15)
+        conn.sock = sock
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return Response(resp.status, resp.getheaders(), resp.read())
+
+
+class _Unclosable:
+    """The connection's buffered stream, which a finished HTTPResponse may not close."""
+
+    def __init__(self, fp):
+        self._fp = fp
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+    def close(self):
+        pass
+
+
+class _SharedFile:
+    """Lets several HTTPResponse objects read one buffered stream (pipelined answers)."""
+
+    def __init__(self, fp):
+        self.fp = _Unclosable(fp)
+
+    def makefile(self, *_args, **_kwargs):
+        return self.fp
+
+
+def pipeline(nginx: NginxServer, host: str, path: str, count: int, *, source: str) -> list:
+    """`count` requests written at once on one TLS connection; answers in order.
+
+    The burst's rate is then set by nginx itself (it reads the requests back to back),
+    not by how fast this client can loop: above any limit on any machine.
+    """
+    sock = open_socket(nginx, tls_name=host, port=nginx.https_port, source=source)
+    one = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    answers: list[Response] = []
+    with sock:
+        sock.sendall(one * count)
+        shared = _SharedFile(sock.makefile("rb"))
+        for _ in range(count):
+            resp = http.client.HTTPResponse(shared)  # type: ignore[arg-type]
+            resp.begin()
+            answers.append(Response(resp.status, resp.getheaders(), resp.read()))
+    return answers
+
+
+def paced(nginx, host, path, count, *, per_second: float, source: str) -> list[Response]:
+    """`count` requests, each sent only after the previous answer and a pause: the rate
+    can only come out lower than `per_second`, never higher."""
+    out = []
+    for _ in range(count):
+        out.append(request(nginx, host, path, source=source))
+        time.sleep(1 / per_second)  # pacing, not waiting for readiness
+    return out
+
+
+def assert_security_headers(resp: Response, *, https: bool = True) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        got = resp.all(name)
+        assert len(got) == 1, f"{resp.status}: {name} {got}"
+        if value is not None:
+            assert got[0] == value, name
+    hsts = resp.all("strict-transport-security")
+    assert hsts == ([HSTS] if https else []), f"{resp.status}: HSTS {hsts}"
+
+
+# --- the configuration itself --------------------------------------------------------
+
+
+def test_nginx_accepts_the_rendered_config(nginx_server):
+    check = nginx_server.nginx("-t")
+    assert check.returncode == 0, check.stderr
+    assert "syntax is ok" in check.stderr and "test is successful" in check.stderr
+
+
+def test_effective_config_is_what_the_templates_say(nginx_server):
+    dump = nginx_server.nginx("-T")
+    assert dump.returncode == 0, dump.stderr
+    text = dump.stdout
+    for line in [
+        "user www-data;",
+        "worker_processes 2;",
+        "worker_connections 1024;",
+        "server_tokens off;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "ssl_session_tickets off;",
+        "limit_req_zone $binary_remote_addr zone=general:1m rate=200r/s;",
+        "limit_req_zone $binary_remote_addr zone=api:1m rate=500r/s;",
+        "limit_req_status 429;",
+        "limit_req zone=api burst=250 nodelay;",
+        f"listen 127.0.0.1:{nginx_server.https_port} ssl http2 default_server;",
+        "ssl_reject_handshake on;",
+        f"server {nginx_server.upstreams['prod']};",
+        "keepalive 4;",
+        "gzip on;",
+    ]:
+        assert line in text, line
+    # every template variable was filled in
+    assert "${" not in text
+    assert not re.search(r"\$\{?(NGINX|SITE)_", text)
+
+
+def test_workers_run_unprivileged(nginx_server):
+    master = nginx_server.service.proc.pid
+    children = subprocess.run(
+        ["ps", "-o", "user=", "--ppid", str(master)], capture_output=True, text=True
+    ).stdout.split()
+    assert children == ["www-data", "www-data"]
+
+
+def test_default_render_points_at_the_compose_services(tmp_path):
+    """With no overrides the one place (defaults.env) gives the production layout."""
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin", "STATUS_USER": "ops", "STATUS_PASSWORD": "pw",
+           "NGINX_RUN_DIR": str(tmp_path / "run")}  # fmt: skip
+    proc = subprocess.run(
+        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    prod = (tmp_path / "conf" / "sites" / "prod.conf").read_text()
+    staging = (tmp_path / "conf" / "sites" / "staging.conf").read_text()
+    status = (tmp_path / "conf" / "sites" / "devstatus.conf").read_text()
+    tls = (tmp_path / "conf" / "snippets" / "tls-server.conf").read_text()
+    assert "server django_prod:8000;" in prod and "server_name eduaiia.com www.eduaiia.com;" in prod
+    assert "server django_staging:8001;" in staging
+    assert "server_name staging.eduaiia.com;" in staging
+    assert "server_name devstatus.eduaiia.com;" in status and "root /var/www/status;" in status
+    assert "listen 443 ssl http2;" in prod and "root /var/www/prod;" in prod
+    assert "/etc/letsencrypt/live/eduaiia.com/fullchain.pem" in tls
+    htpasswd = (tmp_path / "run" / "devstatus.htpasswd").read_text()
+    assert re.fullmatch(r"ops:\$6\$\S+\n", htpasswd)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        pytest.param({"STATUS_PASSWORD": "CHANGE_ME"}, "STATUS_PASSWORD", id="placeholder"),
+        pytest.param({"STATUS_PASSWORD": ""}, "STATUS_PASSWORD", id="empty"),
+        pytest.param({"NGINX_PROD_UPSTREAM": "x; evil"}, "must not contain", id="injection"),
+        pytest.param({"NGINX_TLS_CERT": ""}, "NGINX_TLS_CERT is empty", id="empty-var"),
+    ],
+)
+def test_render_refuses(tmp_path, env, message):
+    full = {"PATH": "/usr/bin:/bin:/usr/sbin", "STATUS_USER": "ops", "STATUS_PASSWORD": "pw",
+            "NGINX_RUN_DIR": str(tmp_path / "run"), **env}  # fmt: skip
+    proc = subprocess.run(
+        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
+        env=full,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def gixy(conf: Path) -> list[dict]:
+    exe = Path(sys.executable).with_name("gixy")
+    if not exe.exists():
+        found = shutil.which("gixy")
+        assert found, "gixy-ng is missing: scripts/ensure.sh python installs the test extra"
+        exe = Path(found)
+    proc = subprocess.run([str(exe), "-f", "json", str(conf)], capture_output=True, text=True)
+    assert proc.stdout.strip().startswith("["), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_gixy_finds_nothing(nginx_server):
+    assert gixy(nginx_server.conf_path) == []
+
+
+def test_gixy_would_catch_the_dropped_headers_trap(nginx_server, tmp_path):
+    """Control: the analyser does see the trap the snippets avoid (add_header in a
+    location without the security headers)."""
+    copy = tmp_path / "conf"
+    shutil.copytree(nginx_server.confdir, copy)
+    site = copy / "sites" / "prod.conf"
+    text = site.read_text()
+    broken = text.replace(
+        "access_log off;\n        include snippets/https-headers.conf;", "access_log off;", 1
+    )
+    assert broken != text
+    site.write_text(broken)
+    findings = gixy(copy / "nginx.conf")
+    assert any("add_header" in f.get("plugin", "") + f.get("summary", "") for f in findings)
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sslscan(nginx_server) -> ET.Element:
+    exe = require_binary("sslscan", "packages")
+    proc = subprocess.run(
+        [exe, "--no-colour", f"--sni-name={PROD}", "--xml=-",
+         f"{nginx_server.host}:{nginx_server.https_port}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    xml = proc.stdout[proc.stdout.index("<?xml") :]
+    return ET.fromstring(xml)  # noqa: S314 - our own scanner's output about our server
+
+
+def test_tls_scan_only_tls12_and_tls13(sslscan):
+    enabled = {
+        f"{p.get('type')}{p.get('version')}"
+        for p in sslscan.iter("protocol")
+        if p.get("enabled") == "1"
+    }
+    seen = {f"{p.get('type')}{p.get('version')}" for p in sslscan.iter("protocol")}
+    assert {"ssl2", "ssl3", "tls1.0", "tls1.1"} <= seen  # the scanner did try them
+    assert enabled == {"tls1.2", "tls1.3"}
+
+
+def test_tls_scan_only_mozilla_intermediate_ciphers(sslscan):
+    offered: dict[str, set[str]] = {}
+    for c in sslscan.iter("cipher"):
+        if c.get("status") in ("accepted", "preferred"):
+            offered.setdefault(c.get("sslversion"), set()).add(c.get("cipher"))
+    assert set(offered) == {"TLSv1.2", "TLSv1.3"}
+    for version, ciphers in offered.items():
+        assert ciphers <= MOZILLA_INTERMEDIATE[version], ciphers - MOZILLA_INTERMEDIATE[version]
+    # ECDSA test certificate: the ECDSA half of the TLS 1.2 list, all of TLS 1.3
+    assert offered["TLSv1.3"] == MOZILLA_INTERMEDIATE["TLSv1.3"]
+    assert {c for c in offered["TLSv1.2"] if "ECDSA" in c} == {
+        c for c in MOZILLA_INTERMEDIATE["TLSv1.2"] if "ECDSA" in c
+    }
+
+
+def test_tls_scan_no_known_weakness(sslscan):
+    for tag in ("heartbleed",):
+        for item in sslscan.iter(tag):
+            assert item.get("vulnerable") == "0", ET.tostring(item)
+    for reneg in sslscan.iter("renegotiation"):
+        assert reneg.get("supported") == "0" or reneg.get("secure") == "1"
+
+
+def test_hsts_on_https(nginx_server):
+    resp = request(nginx_server, PROD, "/")
+    assert resp.all("strict-transport-security") == [HSTS]
+
+
+def test_tls_session_resumption_works_without_tickets(nginx_server):
+    ctx = tls_context(nginx_server)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # session IDs, from the shared cache
+    with socket.create_connection((nginx_server.host, nginx_server.https_port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=PROD) as first:
+            session = first.session
+    with socket.create_connection((nginx_server.host, nginx_server.https_port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname=PROD, session=session) as second:
+            assert second.session_reused
+
+
+# --- names: what each Host gets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", [PROD, WWW, STAGING, STATUS])
+def test_http_redirects_to_https(nginx_server, host):
+    resp = request(nginx_server, host, "/some/page?q=1", scheme="http")
+    assert resp.status == 301
+    assert resp.header("location") == f"https://{host}/some/page?q=1"
+    assert_security_headers(resp, https=False)
+
+
+def test_acme_challenge_is_served_over_http(nginx_server):
+    token = "tok3n-for-test"
+    acme = nginx_server.site_root("acme") / ".well-known" / "acme-challenge"
+    acme.mkdir(parents=True, exist_ok=True)
+    (acme / token).write_text("token.keyauth")
+    resp = request(nginx_server, PROD, f"/.well-known/acme-challenge/{token}", scheme="http")
+    assert resp.status == 200 and resp.body == b"token.keyauth"
+    missing = request(nginx_server, STAGING, "/.well-known/acme-challenge/nope", scheme="http")
+    assert missing.status == 404  # not a redirect: certbot sees the real answer
+
+
+@pytest.mark.parametrize("host", ["unknown.example", "127.0.0.1", "eduaiia.com.evil.example"])
+def test_unknown_host_on_http_gets_no_answer(nginx_server, host):
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        request(nginx_server, host, "/", scheme="http")
+
+
+def test_http10_without_host_gets_no_answer(nginx_server):
+    with socket.create_connection((nginx_server.host, nginx_server.http_port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert s.recv(1024) == b""
+
+
+@pytest.mark.parametrize("sni", ["unknown.example", None])
+def test_unknown_or_missing_sni_is_refused_in_the_handshake(nginx_server, sni):
+    ctx = ssl.create_default_context(cafile=str(nginx_server.ca_cert))
+    ctx.check_hostname = False
+    with socket.create_connection((nginx_server.host, nginx_server.https_port)) as raw:
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME|unrecognized name"):
+            ctx.wrap_socket(raw, server_hostname=sni)
+
+
+def test_known_sni_with_unknown_host_gets_421(nginx_server):
+    resp = request(nginx_server, "unknown.example", "/", sni=PROD)
+    assert resp.status == 421
+    assert b"eduaiia" not in resp.body
+
+
+@pytest.mark.parametrize("host, upstream", [(PROD, "prod"), (WWW, "prod"), (STAGING, "staging")])
+def test_sites_proxy_to_their_environment(nginx_server, host, upstream):
+    resp = request(nginx_server, host, "/admin/login/?next=/admin/")
+    assert resp.status == 200
+    seen = resp.json()
+    assert seen["upstream"] == upstream
+    assert seen["path"] == "/admin/login/?next=/admin/"
+    assert seen["headers"]["host"] == host
+    assert seen["headers"]["x-forwarded-proto"] == "https"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert seen["headers"]["x-request-id"]
+
+
+def test_forwarded_for_cannot_be_spoofed(nginx_server):
+    resp = request(nginx_server, PROD, "/", headers={"X-Forwarded-For": "10.9.9.9"})
+    assert resp.json()["headers"]["x-forwarded-for"] == "127.0.0.1"
+
+
+def test_upstream_connections_are_kept_alive(nginx_server):
+    """Two requests on one client connection reach gunicorn over one upstream socket."""
+    sock = open_socket(nginx_server, tls_name=PROD, port=nginx_server.https_port,
+                       source="127.0.0.1")  # fmt: skip
+    with sock:
+        conn = http.client.HTTPConnection(nginx_server.host)
+        conn.sock = sock
+        ports = []
+        for _ in range(3):
+            conn.request("GET", "/", headers={"Host": PROD})
+            resp = conn.getresponse()
+            seen = json.loads(resp.read())
+            assert "connection" not in seen["headers"] or seen["headers"]["connection"] != "close"
+            ports.append(seen["client_port"])
+    assert len(set(ports)) == 1, ports
+
+
+@pytest.mark.parametrize("host", [PROD, STAGING, STATUS])
+def test_health_is_answered_by_nginx(nginx_server, host):
+    resp = request(nginx_server, host, "/health")
+    assert resp.status == 200 and resp.body == b"ok\n"
+    assert_security_headers(resp)
+
+
+# --- headers on every kind of answer --------------------------------------------------------
+
+
+def test_security_headers_on_proxied_200_replace_the_apps(nginx_server):
+    resp = request(nginx_server, PROD, "/")
+    assert resp.status == 200
+    assert_security_headers(resp)  # the app sent DENY and its own CSP: exactly one of each
+    assert "default-src 'self'" in resp.header("content-security-policy")
+
+
+def test_security_headers_on_upstream_404(nginx_server):
+    resp = request(nginx_server, STAGING, "/missing/page")
+    assert resp.status == 404
+    assert_security_headers(resp)
+
+
+def test_static_file_has_30_day_cache_and_all_headers(nginx_server):
+    resp = request(nginx_server, PROD, "/static/app.css")
+    assert resp.status == 200 and b"prod" in resp.body
+    assert resp.all("cache-control") == [THIRTY_DAYS]
+    assert_security_headers(resp)
+
+
+def test_media_file_has_30_day_cache_and_all_headers(nginx_server):
+    media = nginx_server.site_root("staging") / "media" / "upload.txt"
+    media.write_text("uploaded")
+    resp = request(nginx_server, STAGING, "/media/upload.txt")
+    assert resp.status == 200 and resp.body == b"uploaded"
+    assert resp.all("cache-control") == [THIRTY_DAYS]
+    assert_security_headers(resp)
+
+
+def test_static_404_has_headers_but_is_not_cached_for_30_days(nginx_server):
+    resp = request(nginx_server, PROD, "/static/nope.css")
+    assert resp.status == 404
+    assert_security_headers(resp)
+    assert resp.all("cache-control") == []
+
+
+def test_static_files_are_per_environment(nginx_server):
+    assert b"staging" in request(nginx_server, STAGING, "/static/app.css").body
+
+
+def test_static_traversal_is_refused(nginx_server):
+    resp = request(nginx_server, PROD, "/static/../../../run/devstatus.htpasswd")
+    assert resp.status in (400, 404)
+    assert b"$6$" not in resp.body
+
+
+def test_gzip_for_text(nginx_server):
+    big = nginx_server.site_root("prod") / "static" / "big.css"
+    big.write_text("body { color: black; }\n" * 200)
+    resp = request(nginx_server, PROD, "/static/big.css", headers={"Accept-Encoding": "gzip"})
+    assert resp.header("content-encoding") == "gzip"
+    assert gzip.decompress(resp.body) == big.read_bytes()
+    assert "Accept-Encoding" in resp.header("vary")
+
+
+# --- devstatus -------------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_devstatus_needs_credentials(nginx_server):
+    resp = request(nginx_server, STATUS, "/")
+    assert resp.status == 401
+    assert resp.header("www-authenticate") == 'Basic realm="devstatus"'
+    assert_security_headers(resp)
+    wrong = request(nginx_server, STATUS, "/", headers=basic(nginx_server.status_user, "x"))
+    assert wrong.status == 401
+
+
+def test_devstatus_serves_the_status_page_with_credentials(nginx_server):
+    auth = basic(nginx_server.status_user, nginx_server.status_password)
+    resp = request(nginx_server, STATUS, "/", headers=auth)
+    assert resp.status == 200
+    assert b"aiia status" in resp.body
+    assert_security_headers(resp)
+    assert resp.header("cache-control") == "no-cache"
+
+
+def test_htpasswd_is_not_world_readable(nginx_server):
+    mode = (nginx_server.root / "run" / "devstatus.htpasswd").stat().st_mode & 0o777
+    assert mode == 0o640
+    assert (
+        nginx_server.status_password
+        not in (nginx_server.root / "run" / "devstatus.htpasswd").read_text()
+    )
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def error_log_rejections(nginx: NginxServer, zone: str) -> int:
+    return len(re.findall(rf'limiting requests, excess: \S+ by zone "{zone}"',
+                          nginx.error_log.read_text()))  # fmt: skip
+
+
+def test_burst_above_general_limit_gets_429_with_headers(nginx_server):
+    before = error_log_rejections(nginx_server, "general")
+    answers = pipeline(nginx_server, PROD, "/static/app.css", 600, source="127.0.0.3")
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {200, 429}
+    # burst=100 nodelay: the first 101 pass at once, then the limit answers 429
+    assert statuses[:101] == [200] * 101
+    rejected = [a for a in answers if a.status == 429]
+    assert len(rejected) >= 300
+    assert_security_headers(rejected[0])
+    assert rejected[0].all("cache-control") == []
+    wait_until(
+        lambda: error_log_rejections(nginx_server, "general") >= before + len(rejected),
+        timeout=10,
+        what="limit_req lines in the error log",
+    )
+
+
+def test_health_is_never_rate_limited(nginx_server):
+    answers = pipeline(nginx_server, PROD, "/health", 600, source="127.0.0.5")
+    assert {a.status for a in answers} == {200}
+
+
+def test_paced_client_under_the_limits_gets_no_429(nginx_server):
+    static = paced(nginx_server, PROD, "/static/app.css", 60, per_second=100, source="127.0.0.6")
+    api = paced(nginx_server, PROD, "/api/items/", 60, per_second=100, source="127.0.0.7")
+    assert {r.status for r in static} == {200}
+    assert {r.status for r in api} == {200}
+
+
+@pytest.fixture(scope="module")
+def nginx_fast_app() -> Iterator[NginxServer]:
+    """The same config whose "app" is its own port-80 server: every proxied request is
+    answered with that server's redirect at nginx's own speed, so an /api/ burst is
+    above 500 r/s on any machine (a Python stand-in might not keep up)."""
+    root = _world_tmpdir("nginx-fastapp")
+    server = make_nginx(root, {})
+    own = f"127.0.0.1:{server.http_port}"
+    server.upstreams = {"prod": own, "staging": own}
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_api_has_its_own_higher_limit(nginx_fast_app):
+    nginx = nginx_fast_app
+    # 900: under nginx's keepalive_requests (1000 per connection)
+    answers = pipeline(nginx, PROD, "/api/items/", 900, source="127.0.0.8")
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {301, 429}
+    # burst=250 nodelay: 251 reach the app at once (above general's 101), then 429
+    assert statuses[:251] == [301] * 251
+    assert statuses.count(429) >= 400
+    assert_security_headers(next(a for a in answers if a.status == 429))
+    wait_until(lambda: error_log_rejections(nginx, "api") > 0, timeout=10, what="api zone log")
+    assert error_log_rejections(nginx, "general") == 0  # /api/ is not in the general zone
+
+
+# --- the access log the monitor reads -----------------------------------------------------------
+
+
+def test_access_log_is_one_json_object_per_line(nginx_server):
+    marker = "/log-probe?x=%22quoted%22"
+    request(nginx_server, PROD, marker, headers={"User-Agent": 'probe "agent"'})
+
+    def line():
+        for raw in nginx_server.access_log.read_text().splitlines():
+            entry = json.loads(raw)
+            if entry["uri"] == marker:
+                return entry
+        return None
+
+    entry = wait_until(line, timeout=10, what="the probe's access-log line")
+    assert entry["status"] == 200 and entry["host"] == PROD and entry["method"] == "GET"
+    assert entry["user_agent"] == 'probe "agent"'
+    assert isinstance(entry["request_time"], float | int)
+    assert float(entry["upstream_response_time"]) >= 0
+    assert float(entry["upstream_connect_time"]) >= 0
+    assert entry["upstream_status"] == "200"
+    assert entry["upstream_addr"] == nginx_server.upstreams["prod"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", entry["time"])
