@@ -41,12 +41,12 @@ import cryptography
 
 from opskit.backup import age, commands, manifest, process, rotation
 from opskit.backup.commands import PgConn
+from opskit.backup.offsite import PENDING_MARKER  # (boto3 is imported only when uploading)
 from opskit.shell import Secret
 
 READ_BLOCK = 1 << 20
 WRITE_BUFFER = 1 << 20
 LOCK_FILE = ".backup.lock"
-PENDING_MARKER = ".pending-upload"
 
 Report = Callable[[str], None]
 
@@ -75,6 +75,7 @@ class BackupSpec:
     env_file: Path | None = None  # archived, encrypted, as config.tar.gz.age
     media_dir: Path | None = None  # archived, encrypted, as media.tar.gz.age
     verify_conn: PgConn | None = None  # where pg_restore --list runs (default: conn's tools)
+    mark_pending_upload: bool = False  # offsite copies on: the set starts marked for upload
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,8 @@ def run_backup(
             problems = manifest.check_files(partial, reread.files)
             if problems or reread.files != found.files:
                 raise BackupFailed("read-back check failed: " + "; ".join(str(p) for p in problems))
+            if spec.mark_pending_upload:
+                (partial / PENDING_MARKER).touch(mode=0o600)
             os.chmod(partial, 0o700)
             partial.rename(final)
             _fsync_dir(backup_dir)
