@@ -8,7 +8,8 @@
 # $NGINX_RUN_DIR/devstatus.htpasswd, SHA-512 crypt, mode 0640 group $NGINX_USER when run
 # as root. The password goes to openssl on stdin, never on a command line.
 #
-# templates/nginx.conf and templates/snippets/ are copied with ${NGINX_...} filled in;
+# templates/nginx.conf, snippets/ and sites/ are copied with ${NGINX_...} filled in
+# (NGINX_CONF_DIR is OUTDIR itself, for absolute includes);
 # templates/app-site.conf becomes sites/prod.conf and sites/staging.conf. Only the
 # listed variables are substituted, so nginx's own $variables pass through untouched.
 set -o errexit -o nounset
@@ -46,13 +47,16 @@ for var in $VARS; do
 done
 
 shell_format=""
-for var in $VARS SITE SITE_SERVER_NAMES SITE_UPSTREAM SITE_ROOT; do
+for var in $VARS NGINX_CONF_DIR SITE SITE_SERVER_NAMES SITE_UPSTREAM SITE_ROOT; do
   shell_format="$shell_format \${$var}"
 done
 
 fill() { envsubst "$shell_format" < "$1" > "$2"; }
 
 mkdir -p "$out/snippets" "$out/sites" "$NGINX_RUN_DIR"
+# includes are absolute, so the rendered files work wherever nginx.conf is included from
+NGINX_CONF_DIR=$(cd "$out" && pwd)
+export NGINX_CONF_DIR
 rm -f "$out"/sites/*.conf
 fill "$templates/nginx.conf" "$out/nginx.conf"
 cp "$templates/ffdhe2048.pem" "$out/ffdhe2048.pem"

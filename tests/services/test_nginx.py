@@ -285,17 +285,22 @@ def test_gixy_finds_nothing(nginx_server):
 def test_gixy_would_catch_the_dropped_headers_trap(nginx_server, tmp_path):
     """Control: the analyser does see the trap the snippets avoid (add_header in a
     location without the security headers)."""
-    copy = tmp_path / "conf"
-    shutil.copytree(nginx_server.confdir, copy)
-    site = copy / "sites" / "prod.conf"
-    text = site.read_text()
-    broken = text.replace(
-        "access_log off;\n        include snippets/https-headers.conf;", "access_log off;", 1
+    env = {**nginx_server.render_env(), "NGINX_RUN_DIR": str(tmp_path / "run")}
+    proc = subprocess.run(
+        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
+        env=env,
+        capture_output=True,
+        text=True,
     )
+    assert proc.returncode == 0, proc.stderr
+    assert gixy(tmp_path / "conf" / "nginx.conf") == []
+    site = tmp_path / "conf" / "sites" / "prod.conf"
+    text = site.read_text()
+    broken = re.sub(r"(access_log off;\n)\s*include \S+/https-headers.conf;\n", r"\1", text)
     assert broken != text
     site.write_text(broken)
-    findings = gixy(copy / "nginx.conf")
-    assert any("add_header" in f.get("plugin", "") + f.get("summary", "") for f in findings)
+    findings = gixy(tmp_path / "conf" / "nginx.conf")
+    assert [f["plugin"] for f in findings] == ["add_header_redefinition"], findings
 
 
 # --- TLS ---------------------------------------------------------------------------------
@@ -453,6 +458,26 @@ def test_health_is_answered_by_nginx(nginx_server, host):
     resp = request(nginx_server, host, "/health")
     assert resp.status == 200 and resp.body == b"ok\n"
     assert_security_headers(resp)
+
+
+def test_image_healthcheck_script(nginx_server):
+    script = ROOT / "nginx" / "healthcheck.sh"
+    env = {"PATH": "/usr/bin:/bin", "NGINX_DEFAULTS": str(ROOT / "nginx" / "defaults.env")}
+    ok = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "NGINX_HEALTH_PORT": str(nginx_server.http_port)},
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    # the https port does not speak plain HTTP: the check must fail, not pass by accident
+    bad = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "NGINX_HEALTH_PORT": str(nginx_server.https_port)},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0
 
 
 # --- headers on every kind of answer --------------------------------------------------------
