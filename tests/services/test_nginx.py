@@ -13,6 +13,7 @@ import gzip
 import http.client
 import json
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -22,7 +23,9 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
@@ -97,6 +100,7 @@ def request(
     headers: dict[str, str] | None = None,
     source: str = "127.0.0.1",
     sni: str | None = "",
+    body: bytes | None = None,
 ) -> Response:
     """One request; `host` goes in SNI (unless `sni` says otherwise) and in Host."""
     port = nginx.https_port if scheme == "https" else nginx.http_port
@@ -109,7 +113,9 @@ def request(
         conn.putheader("Host", host)
         for k, v in (headers or {}).items():
             conn.putheader(k, v)
-        conn.endheaders()
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
         resp = conn.getresponse()
         return Response(resp.status, resp.getheaders(), resp.read())
 
@@ -664,3 +670,132 @@ def test_access_log_is_one_json_object_per_line(nginx_server):
     assert entry["upstream_status"] == "200"
     assert entry["upstream_addr"] == nginx_server.upstreams["prod"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", entry["time"])
+
+
+# --- end to end: nginx -> gunicorn (app/) -> PgBouncer -> PostgreSQL, Redis -------------
+
+
+class TLSBrowser:
+    """Cookies and CSRF over real HTTPS through nginx, as a browser on eduaiia.com."""
+
+    def __init__(self, nginx: NginxServer, host: str = PROD) -> None:
+        self.nginx = nginx
+        self.host = host
+        self.cookies: dict[str, str] = {}
+
+    def send(self, method: str, path: str, *, body: bytes | None = None, headers=None):
+        origin = f"https://{self.host}"
+        all_headers = {"Referer": origin + path, **(headers or {})}
+        if method != "GET":
+            all_headers["Origin"] = origin
+            if "csrftoken" in self.cookies:
+                all_headers["X-CSRFToken"] = self.cookies["csrftoken"]
+        if self.cookies:
+            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        resp = request(self.nginx, self.host, path, method=method, headers=all_headers, body=body)
+        for raw in resp.all("set-cookie"):
+            for name, morsel in SimpleCookie(raw).items():
+                assert morsel["secure"], f"cookie {name} is not Secure behind nginx"
+                self.cookies[name] = morsel.value
+        return resp
+
+    def login(self, username: str, password: str) -> None:
+        self.send("GET", "/admin/login/")
+        form = urlencode({"username": username, "password": password, "next": "/admin/",
+                          "csrfmiddlewaretoken": self.cookies["csrftoken"]})  # fmt: skip
+        resp = self.send(
+            "POST",
+            "/admin/login/?next=/admin/",
+            body=form.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert resp.status == 302 and "sessionid" in self.cookies, resp.body[:500]
+
+
+@pytest.fixture(scope="module")
+def app_behind_nginx(pgbouncer_server, app_databases, redis_server):
+    """The production app under gunicorn (app/gunicorn.conf.py) behind the shipped nginx;
+    collectstatic writes into the static volume nginx serves."""
+    from tests.harness.django_app import DjangoApp, app_env, manage
+
+    root = _world_tmpdir("nginx-app")
+    nginx = make_nginx(root, {})
+    workdir = root / "app"
+    workdir.mkdir(mode=0o700)
+    env = app_env(
+        "production",
+        workdir=workdir,
+        pgbouncer=pgbouncer_server,
+        database=app_databases["production"],
+        redis_server=redis_server,
+    )
+    env["DJANGO_STATIC_ROOT"] = str(nginx.site_root("prod") / "static")
+    env["DJANGO_MEDIA_ROOT"] = str(nginx.site_root("prod") / "media")
+    manage(env, "migrate", "--noinput")
+    manage(env, "collectstatic", "--noinput")
+    username, password = f"ops-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+    manage(
+        {**env, "DJANGO_SUPERUSER_PASSWORD": password},
+        "createsuperuser", "--noinput", "--username", username, "--email", "ops@example.com",
+    )  # fmt: skip
+    app = DjangoApp(env, workdir).start()
+    gunicorn = f"127.0.0.1:{app.port}"
+    nginx.upstreams = {"prod": gunicorn, "staging": gunicorn}
+    try:
+        nginx.start()
+        try:
+            yield nginx, app, (username, password)
+        finally:
+            nginx.stop()
+    finally:
+        app.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_end_to_end_write_and_read_through_nginx(app_behind_nginx, postgres_server):
+    nginx, app, login = app_behind_nginx
+    browser = TLSBrowser(nginx)
+    browser.login(*login)
+    title = f"via nginx {secrets.token_hex(4)}"
+    created = browser.send(
+        "POST",
+        "/api/notes/",
+        body=json.dumps({"title": title, "body": "nginx, gunicorn, pgbouncer"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert created.status == 201, created.body[:500]
+    assert_security_headers(created)
+    note = created.json()
+
+    listed = request(nginx, PROD, "/api/notes/")
+    assert listed.status == 200
+    assert note in listed.json()["results"]
+    assert request(nginx, PROD, f"/api/notes/{note['id']}/").json() == note
+
+    query = f"SELECT title FROM core_note WHERE id = {int(note['id'])}"  # noqa: S608 - an int
+    assert postgres_server.psql(query, db="aiia_prod") == title
+
+    def logged():
+        for raw in nginx.access_log.read_text().splitlines():
+            entry = json.loads(raw)
+            if entry["method"] == "POST" and entry["uri"] == "/api/notes/":
+                return entry
+        return None
+
+    entry = wait_until(logged, timeout=10, what="the POST's access-log line")
+    assert entry["status"] == 201 and entry["upstream_addr"] == f"127.0.0.1:{app.port}"
+    assert float(entry["upstream_response_time"]) > 0
+
+
+def test_end_to_end_app_health_and_collected_static(app_behind_nginx):
+    nginx, _app, _login = app_behind_nginx
+    health = request(nginx, PROD, "/health/")
+    assert health.status == 200, health.body[:500]
+    assert health.json()["status"] == "ok"
+    css = request(nginx, PROD, "/static/admin/css/base.css")
+    assert css.status == 200 and b"body" in css.body
+    assert css.all("cache-control") == [THIRTY_DAYS]
+    assert_security_headers(css)
+    admin = request(nginx, PROD, "/admin/login/")
+    assert admin.status == 200
+    assert_security_headers(admin)
