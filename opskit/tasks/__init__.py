@@ -10,7 +10,7 @@ from importlib import import_module
 from invoke import Collection
 
 # one module per area; each exports `ns`
-MODULES = ("opskit.tasks.config",)
+MODULES = ("opskit.tasks.config", "opskit.tasks.backup")
 
 
 def namespace() -> Collection:
