@@ -352,11 +352,16 @@ def test_tls_scan_only_mozilla_intermediate_ciphers(sslscan):
 
 
 def test_tls_scan_no_known_weakness(sslscan):
-    for tag in ("heartbleed",):
-        for item in sslscan.iter(tag):
-            assert item.get("vulnerable") == "0", ET.tostring(item)
-    for reneg in sslscan.iter("renegotiation"):
-        assert reneg.get("supported") == "0" or reneg.get("secure") == "1"
+    heartbleed = list(sslscan.iter("heartbleed"))
+    assert {h.get("sslversion") for h in heartbleed} == {"TLSv1.2", "TLSv1.3"}
+    assert all(h.get("vulnerable") == "0" for h in heartbleed)
+    (reneg,) = sslscan.iter("renegotiation")
+    assert reneg.get("supported") == "0" or reneg.get("secure") == "1"
+
+
+def test_tls_scan_key_exchange_groups_are_mozillas(sslscan):
+    groups = {g.get("name").split()[0] for g in sslscan.iter("group")}
+    assert groups and groups <= {"x25519", "secp256r1", "secp384r1"}, groups
 
 
 def test_hsts_on_https(nginx_server):
