@@ -190,6 +190,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("DJANGO_ALLOWED_HOSTS", _hosts, SERVER_ENVS, default="localhost,127.0.0.1"),
     Key("DJANGO_CSRF_TRUSTED_ORIGINS", _urls, default=""),
     Key("SITE_DOMAIN", _host, SERVER_ENVS, default="localhost"),
+    # read by `inv superuser` (Django's createsuperuser --noinput contract)
+    Key("DJANGO_SUPERUSER_USERNAME", _text, default=""),
+    Key("DJANGO_SUPERUSER_EMAIL", _text, default=""),
+    Key("DJANGO_SUPERUSER_PASSWORD", secret=True, default=""),
     Key("POSTGRES_DB", _prefix, ALL),
     Key("POSTGRES_USER", _prefix, ALL),
     Key("POSTGRES_PASSWORD", required=ALL, secret=True),
