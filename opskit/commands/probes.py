@@ -1,0 +1,80 @@
+"""Read-only commands that ask a service about its state, run inside its container.
+
+Each returns the argv to put after `docker exec CONTAINER`; the output is parsed by
+`opskit.health`. None needs a secret on the host: PostgreSQL and PgBouncer are asked over
+the container's own socket by the passwordless ops role `aiia` (peer/trust on a 0700
+socket), and Redis through REDISCLI_AUTH set inside the container from the container's
+own environment, so no password is ever part of an argv.
+"""
+
+from __future__ import annotations
+
+POSTGRES_CONNECTIONS_SQL = (
+    "SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS connections, "
+    "current_setting('max_connections')::int AS max_connections, "
+    "current_setting('superuser_reserved_connections')::int AS reserved "
+    "FROM pg_stat_activity"
+)
+
+
+def postgres_connections(user: str = "aiia", database: str = "postgres") -> list[str]:
+    """Client connections against max_connections, as CSV with a header."""
+    return ["psql", "-X", "-U", user, "-d", database, "--csv", "-c", POSTGRES_CONNECTIONS_SQL]
+
+
+def pgbouncer_pools(
+    user: str = "aiia", socket_dir: str = "/var/run/pgbouncer", port: int = 6432
+) -> list[str]:
+    """SHOW POOLS on PgBouncer's admin console (socket only), as CSV with a header."""
+    return [
+        "psql",
+        "-X",
+        "-h",
+        socket_dir,
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-d",
+        "pgbouncer",
+        "--csv",
+        "-c",
+        "SHOW POOLS",
+    ]
+
+
+# The admin password is read inside the container (REDIS_ADMIN_PASSWORD or its _FILE, as
+# in redis/healthcheck.sh); the script is constant text, so argv carries no secret.
+REDIS_INFO_SCRIPT = (
+    'if [ -z "${REDIS_ADMIN_PASSWORD:-}" ] && [ -n "${REDIS_ADMIN_PASSWORD_FILE:-}" ]; then '
+    'REDIS_ADMIN_PASSWORD=$(cat "$REDIS_ADMIN_PASSWORD_FILE"); fi; '
+    'if [ -n "${REDIS_ADMIN_PASSWORD:-}" ]; then export REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD"; '
+    "set -- --user admin; else set --; fi; "
+    'exec redis-cli --no-auth-warning -h 127.0.0.1 -p "${REDIS_PORT:-6379}" "$@" INFO "$0"'
+)
+
+
+def redis_info(section: str = "memory") -> list[str]:
+    """`INFO section` as the admin user (or the default user of the local Redis)."""
+    return ["sh", "-c", REDIS_INFO_SCRIPT, section]
+
+
+# Prints "STATUS BODY" for GET /health/ on the container's own port; an HTTP error
+# status still prints its JSON body (Django answers 503 with the failing checks).
+DJANGO_HEALTH_SCRIPT = """\
+import sys, urllib.error, urllib.request as u
+req = u.Request("http://127.0.0.1:%s/health/" % sys.argv[1], headers={"Host": "127.0.0.1"})
+try:
+    r = u.urlopen(req, timeout=float(sys.argv[2]))
+except urllib.error.HTTPError as e:
+    r = e
+except OSError as e:
+    print("000", type(e).__name__, e)
+    sys.exit(0)
+print(r.status, r.read().decode("utf-8", "replace"))
+"""
+
+
+def django_health(port: int, timeout_s: float = 8.0) -> list[str]:
+    """GET /health/ from inside the Django container (its port is not published)."""
+    return ["python3", "-c", DJANGO_HEALTH_SCRIPT, str(port), str(timeout_s)]
