@@ -131,3 +131,34 @@ def test_dry_run_prints_the_pipeline_and_runs_nothing(backup_db, age_key, tmp_pa
         f"--no-password --dbname {backup_db.name} | age -r {age_key.recipient} > "
     )
     assert not (tmp_path / "backups").exists()
+
+
+def test_the_container_entry_point_backs_up_and_syncs(backup_db, age_key, tmp_path, s3_server):
+    """`python -m opskit.backup`, as scripts/backup.sh runs it in the backup container."""
+    bucket = f"b-{secrets.token_hex(4)}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    env_file = env_file_for(tmp_path / "env", backup_db, age_key.recipient)
+    text = env_file.read_text()
+    for key, value in {"S3_ENDPOINT_URL": s3_server.url, "S3_BUCKET": bucket,
+                       "S3_ACCESS_KEY_ID": s3_server.access_key,
+                       "S3_SECRET_ACCESS_KEY": s3_server.secret_key}.items():  # fmt: skip
+        text = re.sub(rf"^{key}=.*$", f"{key}={value}", text, flags=re.M)
+    env_file.write_text(text)
+    env = {**os.environ, "PATH": f"{PG_BIN}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "opskit.backup", "backup", "--env", "production", "--env-file",
+         str(env_file), "--backup-dir", str(tmp_path / "b"), "--host", backup_db.server.host,
+         "--port", str(backup_db.server.port)],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    name = Path(proc.stdout.strip()).name
+    listed = s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
+    assert f"aiia/prod/{name}/MANIFEST.txt" in [o["Key"] for o in listed]
+    assert "offsite: uploaded" in proc.stderr and s3_server.secret_key not in proc.stderr
+    sync = subprocess.run(
+        [sys.executable, "-m", "opskit.backup", "sync", "--env", "production", "--env-file",
+         str(env_file), "--backup-dir", str(tmp_path / "b")],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert sync.returncode == 0, sync.stderr

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Back up one environment's database from cron, in a container: the host needs only Docker.
+#
+# Usage: scripts/backup.sh production|staging
+#
+#   The guide's daily entry (installed by `fab install-cron`):
+#     0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production
+#
+#   The backup container joins aiia_network, dumps the database straight from PostgreSQL
+#   (postgresql:5432) as the application role, encrypts it to BACKUP_AGE_RECIPIENT, verifies
+#   it, keeps the newest BACKUP_KEEP sets in backups/ and copies them offsite when S3_BUCKET
+#   is set. The env file is mounted read-only, never passed as environment or arguments.
+#
+# Environment (all optional):
+#   ENV_FILE      the environment's env file (default: .env; staging: .env.staging if present)
+#   BACKUP_IMAGE  image with python3, the PostgreSQL 15 client and the toolkit's dependencies
+#                 (default: aiia/backup:latest)
+#   MEDIA_VOLUME  a Docker volume of user uploads to archive as media.tar.gz.age
+#   NETWORK       the stack's network (default: aiia_network)
+#
+# Output: progress on stderr, the new set's path on stdout; a log per run in
+# logs/backup_<env>_<UTC time>.log. Exit status: 0 good (offsite trouble is a WARNING and
+# is retried next run), 1 the backup failed (earlier sets untouched), 2 wrong usage/setup.
+set -o errexit -o pipefail -o nounset
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BACKUP_IMAGE=${BACKUP_IMAGE:-aiia/backup:latest}
+NETWORK=${NETWORK:-aiia_network}
+MEDIA_VOLUME=${MEDIA_VOLUME:-}
+
+usage() { sed -n '2,/^set -o/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; }
+die() { printf 'backup.sh: %s\n' "$*" >&2; exit 2; }
+
+[ $# -eq 1 ] || { usage; die "expected one argument, production or staging (got $#)"; }
+case "$1" in
+  production) ENVIRONMENT=production; default_env_file="$ROOT/.env" ;;
+  staging)
+    ENVIRONMENT=staging
+    default_env_file="$ROOT/.env"
+    [ -f "$ROOT/.env.staging" ] && default_env_file="$ROOT/.env.staging"
+    ;;
+  -h|--help) usage; exit 0 ;;
+  *) usage; die "unknown environment '$1': use production or staging" ;;
+esac
+
+ENV_FILE=${ENV_FILE:-$default_env_file}
+[ -f "$ENV_FILE" ] || die "no env file $ENV_FILE: create it (cp config/prod.env.example .env && chmod 600 .env) or set ENV_FILE"
+command -v docker >/dev/null 2>&1 || die "docker not found: install Docker (the server needs only Docker, Compose v2 and git)"
+docker info >/dev/null 2>&1 || die "the Docker engine does not answer: start it (systemctl start docker) and run again"
+docker image inspect "$BACKUP_IMAGE" >/dev/null 2>&1 \
+  || die "image $BACKUP_IMAGE not found: build it (docker compose -f compose/server.yml build backup) or set BACKUP_IMAGE"
+docker network inspect "$NETWORK" >/dev/null 2>&1 \
+  || die "network $NETWORK not found: is the stack up? (docker compose -f compose/server.yml up -d)"
+
+mkdir -p "$ROOT/backups" "$ROOT/logs"
+chmod 700 "$ROOT/backups"
+LOG="$ROOT/logs/backup_${ENVIRONMENT}_$(date -u +%Y%m%d_%H%M%S).log"
+
+media=()
+if [ -n "$MEDIA_VOLUME" ]; then
+  media=(-v "$MEDIA_VOLUME:/media:ro")
+fi
+media_arg=()
+if [ -n "$MEDIA_VOLUME" ]; then
+  media_arg=(--media-dir /media)
+fi
+
+# The code comes from this checkout (read-only), so the image needs only the dependencies.
+status=0
+docker run --rm --name "aiia_backup_${ENVIRONMENT}" --network "$NETWORK" \
+  --memory 96m --read-only --tmpfs /tmp:size=16m \
+  --user "$(id -u):$(id -g)" \
+  -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
+  -v "$(realpath "$ENV_FILE"):/run/aiia/env:ro" \
+  -v "$ROOT/backups:/backups" \
+  "${media[@]}" \
+  "$BACKUP_IMAGE" \
+  python3 -m opskit.backup backup --env "$ENVIRONMENT" --env-file /run/aiia/env \
+    --backup-dir /backups "${media_arg[@]}" 2> >(tee -a "$LOG" >&2) || status=$?
+
+if [ "$status" -ne 0 ]; then
+  printf 'backup.sh: %s backup FAILED (exit %s); see %s\n' "$ENVIRONMENT" "$status" "$LOG" >&2
+fi
+exit "$status"
