@@ -10,7 +10,18 @@ from importlib import import_module
 from invoke import Collection
 
 # one module per area; each exports `ns`
-MODULES = ("opskit.tasks.config", "opskit.tasks.backup")
+MODULES = (
+    "opskit.tasks.config",
+    "opskit.tasks.setup",
+    "opskit.tasks.dev",
+    "opskit.tasks.django",
+    "opskit.tasks.quality",
+    "opskit.tasks.docker",
+    "opskit.tasks.health",
+    "opskit.tasks.monitor",
+    "opskit.tasks.logs",
+    "opskit.tasks.backup",
+)
 
 
 def namespace() -> Collection:

@@ -1,0 +1,111 @@
+"""The local stack: `inv dev`, `dev-down`, `dev-logs`, `dev-shell`, `dev-bash`, `build-dev`."""
+
+from __future__ import annotations
+
+import shutil
+
+from invoke import Collection, Exit, task
+
+from opskit.commands.compose import LOCAL
+from opskit.tasks import setup as setup_tasks
+from opskit.tasks._common import DRY_HELP, ask, in_root, interactive, project_root, run, say
+
+BASE_IMAGE = "debian:bookworm-slim"
+DJANGO = "django"
+
+
+def _missing_steps(c) -> list[str]:
+    """The scripts/ensure.sh steps this machine still needs before compose can build."""
+    if not shutil.which("docker") or not ask(c, ["docker", "info"]).ok:
+        return ["docker", "compose", "base-image"]
+    steps = []
+    if not ask(c, ["docker", "compose", "version"]).ok:
+        steps.append("compose")
+    if not ask(c, ["docker", "image", "inspect", BASE_IMAGE]).ok:
+        steps.append("base-image")
+    return steps
+
+
+@task(
+    help={
+        "port": "host port for Django (default 8000; 9000 on Windows hosts)",
+        "build": "rebuild the image before starting (default on; --no-build to skip)",
+        "dry-run": DRY_HELP,
+    }
+)
+def dev(c, port=8000, build=True, dry_run=False):
+    """Start the local stack: Django on http://localhost:8000 with PostgreSQL and Redis."""
+    root = project_root()
+    if not (root / ".env").exists():
+        say("dev: no .env yet: creating it first (inv setup)")
+        setup_tasks.setup(c, dry_run=dry_run)
+    if dry_run:
+        say("dev: when docker, compose or the base image is missing, this runs first:")
+        print("bash scripts/ensure.sh docker compose base-image")
+    else:
+        steps = _missing_steps(c)
+        if steps:
+            say(f"dev: {', '.join(steps)} missing: installing with scripts/ensure.sh (needs root)")
+            with in_root(c, root):
+                run(c, ["bash", "scripts/ensure.sh", *steps])
+    say(f"dev: starting the local stack on port {port}")
+    with in_root(c, root):
+        run(c, LOCAL.up(build=build, wait=True), env={"DEV_PORT": str(port)}, dry_run=dry_run)
+    if not dry_run:
+        print(f"Django: http://localhost:{port}\nAdmin:  http://localhost:{port}/admin")
+
+
+@task(help={"dry-run": DRY_HELP})
+def dev_down(c, dry_run=False):
+    """Stop the local stack (data stays in its volumes)."""
+    with in_root(c, project_root()):
+        run(c, LOCAL.down(), dry_run=dry_run)
+
+
+@task(
+    help={
+        "follow": "keep printing new lines (Ctrl-C to stop)",
+        "since": "only lines since a time: 10m, 2h, 2024-01-01T12:00:00",
+        "lines": "how many lines from the end of each log (default 100)",
+        "service": "one service only: django, postgresql or redis",
+    }
+)
+def dev_logs(c, follow=False, since=None, lines=100, service=None):
+    """Show the local stack's logs (-f to follow)."""
+    with in_root(c, project_root()):
+        argv = LOCAL.logs([service] if service else [], follow=follow, since=since, lines=lines)
+        run(c, argv, pty=follow and interactive(), hide=False)
+
+
+def _exec_interactive(c, command: list[str]) -> None:
+    tty = interactive()
+    with in_root(c, project_root()):
+        result = run(c, LOCAL.exec(DJANGO, command, tty=tty), pty=tty, warn=True, hide=False)
+    if result is not None and not result.ok:
+        raise Exit(
+            f"{command[0]} in the django container exited {result.exited}; "
+            "is the local stack up? (inv dev)",
+            code=result.exited or 1,
+        )
+
+
+@task
+def dev_shell(c):
+    """Open Django's shell (manage.py shell) in the local django container."""
+    _exec_interactive(c, ["python", "manage.py", "shell"])
+
+
+@task
+def dev_bash(c):
+    """Open bash in the local django container."""
+    _exec_interactive(c, ["bash"])
+
+
+@task(help={"no-cache": "build every layer again", "dry-run": DRY_HELP})
+def build_dev(c, no_cache=False, dry_run=False):
+    """Build the development image (aiia-app:dev) of the local stack."""
+    with in_root(c, project_root()):
+        run(c, LOCAL.build([DJANGO], no_cache=no_cache), dry_run=dry_run)
+
+
+ns = Collection(dev, dev_down, dev_logs, dev_shell, dev_bash, build_dev)
