@@ -1,0 +1,304 @@
+"""`fab backup`, `fab restore`, `fab install-cron`: backups of the server, driven over SSH.
+
+- `backup` runs the server's scripts/backup.sh (the backup container; the server needs only
+  Docker) and prints the new set's path. `predeploy` is the same for the deploy engine.
+- `restore` never puts the secret key on the server: the set is downloaded over SSH and
+  checked here, decrypted here with the operator's key, and the plaintext is streamed over
+  SSH into `docker exec -i aiia_postgresql pg_restore` on the server (scratch database,
+  checks, then the swap only with --yes; --verify-only is the restore drill).
+- `install-cron` puts the guide's daily 02:00 entry into the crontab, once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from fabric import task
+from invoke import Collection, Exit
+
+from opskit.backup import commands, manifest, restore
+from opskit.backup.commands import PgConn
+
+# The operators' guide's checkouts.
+GUIDE_PATHS = {
+    "production": "/home/ubuntu/main/ai-ia-backend",
+    "staging": "/home/ubuntu/staging/ai-ia-backend",
+}
+CRON_SCHEDULE = "0 2 * * *"  # the guide: daily at 02:00
+CRON_MARK = "scripts/backup.sh"
+
+ENV_HELP = "production (default) or staging"
+PATH_HELP = "the environment's checkout on the server (default: the guide's path)"
+
+
+class RemoteBackupError(RuntimeError):
+    pass
+
+
+def checkout(env: str, path: str | None) -> str:
+    if env not in GUIDE_PATHS:
+        raise Exit(f"--env {env}: use production or staging", 2)
+    chosen = (path or GUIDE_PATHS[env]).rstrip("/")
+    if not chosen.startswith("/") or any(c in chosen for c in "\n'\""):
+        raise Exit(f"--path {path!r}: give the checkout's absolute path", 2)
+    return chosen
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def backup_argv(path: str, env: str) -> list[str]:
+    return ["bash", f"{path}/scripts/backup.sh", env]
+
+
+def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") -> str:
+    """`0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production`."""
+    return f"{CRON_SCHEDULE} {shlex.quote(f'{path}/{CRON_MARK}')} {env}"
+
+
+def merge_crontab(current: str, line: str) -> tuple[str, bool]:
+    """The crontab with `line` in it exactly once; (text, changed).
+
+    An older entry for the same script and environment (another schedule, say) is
+    replaced, not doubled; every other line is kept as it was.
+    """
+    target = line.split()[-2:]  # script path and environment
+    kept: list[str] = []
+    found = False
+    for existing in current.splitlines():
+        words = existing.split()
+        ours = not existing.lstrip().startswith("#") and len(words) >= 7 and words[-2:] == target
+        if ours:
+            if not found:
+                kept.append(line)
+            found = True
+            continue
+        kept.append(existing)
+    if not found:
+        kept.append(line)
+    text = "\n".join(kept) + "\n"
+    normalized = current if current.endswith("\n") or not current else current + "\n"
+    return text, text != normalized
+
+
+def crontab_argv(user: str | None, *, write: bool) -> list[str]:
+    argv = ["crontab"]
+    if user:
+        argv += ["-u", user]
+    return [*argv, "-" if write else "-l"]
+
+
+def crontab_write(c, user: str | None, text: str) -> None:
+    import io
+
+    c.run(shlex.join(crontab_argv(user, write=True)), in_stream=io.StringIO(text), hide=True)
+
+
+def remote_set_dir(path: str, given: str) -> str:
+    """The set directory on the server from a set path or a file in it (relative: checkout)."""
+    given = given.rstrip("/")
+    name = given.rsplit("/", 1)[-1]
+    if (
+        name in manifest.PLAIN_NAMES
+        or name in manifest.PLAIN_NAMES.values()
+        or (name == manifest.MANIFEST_FILE)
+    ):
+        given = given.rsplit("/", 1)[0] if "/" in given else "."
+    full = given if given.startswith("/") else f"{path}/{given}"
+    set_name = full.rsplit("/", 1)[-1]
+    if not commands.SET_NAME_RE.match(set_name):
+        raise Exit(f"{given}: not a backup set (expected backups/db_prod_YYYYmmdd_HHMMSS)", 2)
+    return full
+
+
+def ssh_prefix(
+    host: str,
+    *,
+    port: int = 22,
+    user: str | None = None,
+    key_files: Sequence[str] = (),
+    known_hosts: str | None = None,
+) -> list[str]:
+    """`ssh ... host --`: what comes after runs on the server, through its shell."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-p", str(port)]
+    for key in key_files:
+        argv += ["-i", key]
+    if known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    if user:
+        argv += ["-l", user]
+    return [*argv, host, "--"]
+
+
+def ssh_conn(prefix: Sequence[str], conn: PgConn) -> PgConn:
+    """`conn` run on the server through `prefix`.
+
+    ssh joins the words after `--` with spaces for the remote shell: every word our
+    builders make is a plain word (names are checked identifiers), which `safe` asserts.
+    """
+    return PgConn(user=conn.user, host=conn.host, port=conn.port,
+                  prefix=(*prefix, *conn.prefix), bin_dir=conn.bin_dir)  # fmt: skip
+
+
+def safe(argv: Sequence[str]) -> bool:
+    return all(shlex.quote(str(word)) == str(word) for word in argv)
+
+
+# ----------------------------------------------------------------------------- the work
+
+
+def predeploy(runner, env, settings=None) -> str:
+    """The deploy engine's pre-deploy backup: scripts/backup.sh; returns the set's path."""
+    result = runner.check(backup_argv(env.path, env.name), what="pre-deploy backup")
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise RemoteBackupError("scripts/backup.sh printed no set path")
+    return lines[-1].strip()
+
+
+def download_set(prefix: Sequence[str], remote_dir: str, local_parent: Path) -> Path:
+    """Copy a set (MANIFEST.txt and its .age files) from the server with `ssh ... cat`."""
+    listing = subprocess.run([*prefix, "ls", "-1", shlex.quote(remote_dir)],
+                             capture_output=True, text=True)  # fmt: skip
+    if listing.returncode != 0:
+        raise Exit(f"{remote_dir}: no such backup set on the server ({listing.stderr.strip()})",
+                   2)  # fmt: skip
+    local = local_parent / remote_dir.rsplit("/", 1)[-1]
+    local.mkdir(mode=0o700)
+    names = [n for n in listing.stdout.split() if n == manifest.MANIFEST_FILE or n.endswith(".age")]
+    for name in names:
+        fd = os.open(local / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as out:
+            got = subprocess.run([*prefix, "cat", shlex.quote(f"{remote_dir}/{name}")],
+                                 stdout=out, stderr=subprocess.PIPE)  # fmt: skip
+        if got.returncode != 0:
+            raise Exit(f"{remote_dir}/{name}: download failed: {got.stderr.decode().strip()}", 1)
+    return local
+
+
+def restore_over_ssh(
+    prefix: Sequence[str],
+    remote_dir: str,
+    spec: restore.RestoreSpec,
+    *,
+    verify_only: bool,
+    force: bool,
+    yes: bool,
+    report=print,
+) -> restore.RestoreResult:
+    """Download the set, check and decrypt it here, restore it on the server through `prefix`."""
+    with tempfile.TemporaryDirectory(prefix="aiia-restore-") as tmp:
+        local = download_set(prefix, remote_dir, Path(tmp))
+        report(f"restore: downloaded {remote_dir}")
+        return restore.run_restore(
+            local, spec, verify_only=verify_only, force=force, confirm=lambda _q: yes,
+            report=report,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@task(help={"env": ENV_HELP, "path": PATH_HELP})
+def backup(c, env="production", path=None):
+    """Back up an environment's database on the server (scripts/backup.sh)."""
+    root = checkout(env, path)
+    result = c.run(shlex.join(backup_argv(root, env)), warn=True, in_stream=False)
+    if not result.ok:
+        raise Exit(f"backup on {c.host} failed (exit {result.exited}); see its output above "
+                   f"and {root}/logs/backup_{env}_*.log", 1)  # fmt: skip
+
+
+@task(
+    help={
+        "set": "the set on the server: backups/db_prod_... or a file in it",
+        "env": "the environment restored into: " + ENV_HELP,
+        "path": PATH_HELP,
+        "identity": "the age secret key file on this machine (never copied to the server)",
+        "yes": "swap the restored copy into place",
+        "verify-only": "the restore drill: scratch database, checks, dropped",
+        "force": "allow a set of another environment",
+        "container": "the PostgreSQL container (default aiia_postgresql)",
+    },
+    positional=["set"],
+)
+def restore_(c, set, env="production", path=None, identity="backup.key", yes=False,
+             verify_only=False, force=False, container=commands.POSTGRES_CONTAINER):  # fmt: skip
+    """Restore a set from the server: decrypted here, restored there; --yes swaps."""
+    root = checkout(env, path)
+    remote_dir = remote_set_dir(root, set)
+    try:
+        text = Path(identity).read_text()
+    except FileNotFoundError:
+        raise Exit(f"{identity}: no such identity file (the secret key, kept off the server)",
+                   2) from None  # fmt: skip
+    settings = _remote_settings(c, root, env)
+    key_files = c.connect_kwargs.get("key_filename") or []
+    prefix = ssh_prefix(
+        c.host,
+        port=c.port,
+        user=c.user,
+        key_files=[key_files] if isinstance(key_files, str) else key_files,
+    )
+    spec = restore.RestoreSpec(
+        environment=env,
+        database=settings["POSTGRES_DB"],
+        owner=settings["POSTGRES_USER"],
+        conn=ssh_conn(prefix, commands.docker_conn("postgres", container)),
+        identities=restore.read_identities(text, identity),
+        identity_source=Path(identity).name,
+    )
+    try:
+        result = restore_over_ssh(prefix, remote_dir, spec, verify_only=verify_only,
+                                  force=force, yes=yes)  # fmt: skip
+    except restore.RestoreRefused as exc:
+        raise Exit(f"restore REFUSED: {exc}", 1) from None
+    except restore.RestoreFailed as exc:
+        raise Exit(f"restore FAILED: {exc}", 1) from None
+    if not verify_only and not result.swapped:
+        raise Exit("restore: checked but not swapped (rerun with --yes to swap)", 1)
+
+
+def _remote_settings(c, root: str, env: str) -> dict[str, str]:
+    """POSTGRES_DB and POSTGRES_USER from the server's env file (names only, no secrets)."""
+    argv = ["sed", "-n", "s/^\\(POSTGRES_DB\\|POSTGRES_USER\\)=//p", f"{root}/.env"]
+    found = c.run(shlex.join(argv), hide=True, warn=True, in_stream=False)
+    values = found.stdout.split() if found.ok else []
+    if len(values) != 2:
+        raise Exit(f"{root}/.env on {c.host}: cannot read POSTGRES_DB and POSTGRES_USER", 2)
+    return {"POSTGRES_DB": commands.ident(values[0]), "POSTGRES_USER": commands.ident(values[1])}
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "path": PATH_HELP,
+        "user": "whose crontab (default: the SSH user's own)",
+        "dry-run": "print the crontab it would install; change nothing",
+    }
+)
+def install_cron(c, env="production", path=None, user=None, dry_run=False):
+    """Install the guide's daily 02:00 backup entry in the crontab (once, however often run)."""
+    root = checkout(env, path)
+    line = cron_line(root, env)
+    current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,
+                    in_stream=False)  # fmt: skip
+    if not current.ok and "no crontab" not in current.stderr:
+        raise Exit(f"crontab -l failed on {c.host}: {current.stderr.strip()} (is cron "
+                   "installed? apt-get install cron)", 1)  # fmt: skip
+    text, changed = merge_crontab(current.stdout if current.ok else "", line)
+    if dry_run or not changed:
+        print(text, end="")
+        print(f"install-cron: {'would install' if changed else 'already installed'}: {line}")
+        return
+    crontab_write(c, user, text)
+    print(f"install-cron: installed: {line}")
+
+
+ns = Collection(backup, install_cron)
+ns.add_task(restore_, name="restore")
