@@ -244,7 +244,12 @@ def run_restore(
         except age.AgeError as exc:
             raise RestoreRefused(f"{manifest.DUMP_FILE}: {exc}; nothing was restored") from None
         t0 = time.monotonic()
-        psql(CREATE_SCRATCH_SQL, names)
+        try:
+            psql(CREATE_SCRATCH_SQL, names)
+        except process.ProcessError as exc:
+            raise RestoreFailed(
+                f"cannot create the scratch database {scratch}: {exc}; {spec.database} is untouched"
+            ) from None
         try:
             size, _ = _stream_restore(decryptor, spec, scratch)
             report(

@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from opskit import settings as settings_mod
-from opskit.backup import commands, jobs, manifest, pipeline, restore
+from opskit.backup import commands, jobs, manifest, pipeline, process, restore
 
 DRY_HELP = "print the commands and run none"
 
@@ -191,7 +191,7 @@ def db_restore(
         )
     except restore.RestoreRefused as exc:
         raise Exit(f"restore REFUSED: {exc}", code=1) from None
-    except (restore.RestoreFailed, jobs.JobError) as exc:
+    except (restore.RestoreFailed, jobs.JobError, process.ProcessError) as exc:
         raise Exit(f"restore FAILED: {exc}", code=1) from None
     if not verify_only and not result.swapped:
         raise Exit("restore: not swapped; nothing was changed", code=1)
