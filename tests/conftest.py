@@ -12,7 +12,7 @@ import pytest
 TIERS = ("unit", "services", "stack", "remote")
 HERE = Path(__file__).parent
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.native"]
 
 
 def pytest_collection_modifyitems(config, items):
