@@ -14,9 +14,10 @@ import tarfile
 
 import pytest
 
-from opskit.backup import manifest, pipeline, rotation
+from opskit.backup import manifest, pipeline, restore, rotation
+from opskit.backup.commands import PgConn
 from opskit.shell import Secret
-from tests.harness.backup import PG_BIN, add_rows, create_database, fingerprint, seed
+from tests.harness.backup import PG_BIN, Database, add_rows, create_database, fingerprint, seed
 
 pytest_plugins = ["tests.harness.backup"]
 
@@ -216,3 +217,26 @@ def test_a_wrong_recipient_fails_before_anything_runs(backup_db, tmp_path):
     with pytest.raises(ValueError, match="invalid recipient"):
         pipeline.run_backup(backup_db.spec(tmp_path, "age1notakey"), report=print)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_application_database_as_the_stack_makes_it(app_databases, postgres_server, age_key,
+                                                        tmp_path):  # fmt: skip
+    """aiia_prod from postgres/init-databases.sh (PgBouncer's lookup function owned by the
+    superuser, CONNECT revoked from PUBLIC), dumped as its own role over TCP, drilled."""
+    prod = app_databases["production"]
+    db = Database(postgres_server, prod.db, prod.password)
+    assert db.name == prod.user == "aiia_prod"
+    result = pipeline.run_backup(db.spec(tmp_path / "backups", age_key.recipient),
+                                 report=lambda _: None)  # fmt: skip
+    listing = manifest.read(result.path)
+    assert listing.toc_entries > 0
+    spec = restore.RestoreSpec(
+        environment="production", database=prod.db, owner=prod.user,
+        conn=PgConn(user="postgres", host=postgres_server.host, port=postgres_server.port,
+                    bin_dir=PG_BIN),
+        password=Secret(postgres_server.superuser_password),
+        identities=[line for line in age_key.identity_file.read_text().splitlines()
+                    if line.startswith("AGE-SECRET-KEY-")],
+    )  # fmt: skip
+    drill = restore.run_restore(result.path, spec, verify_only=True, report=lambda _: None)
+    assert not drill.swapped
