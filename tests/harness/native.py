@@ -211,6 +211,32 @@ class PostgresServer:
             argv, input=sql, env=env, user=PG_OS_USER, cwd=self.root, what=f"psql as {user}"
         ).stdout.rstrip("\n")
 
+    def init_databases(self, **env: str) -> subprocess.CompletedProcess:
+        """Run postgres/init-databases.sh (the entrypoint's init step) against this server.
+
+        `env` adds POSTGRES_DB/POSTGRES_USER/POSTGRES_PASSWORD, POSTGRES_ENV_FILES, ...;
+        PGBOUNCER_AUTH_PASSWORD is this server's. Not checked: callers read returncode.
+        """
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PGHOST": str(self.socket_dir),
+            "PGPORT": str(self.port),
+            "PSQL": _pg_binary("psql"),
+            "PGBOUNCER_AUTH_PASSWORD": self.pgbouncer_auth_password,
+            **env,
+        }
+        return subprocess.run(
+            ["bash", str(self.confdir / "init-databases.sh")],
+            env=full_env,
+            user=PG_OS_USER,
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     def dsn(self, db: str, user: str, password: str) -> dict[str, object]:
         return {"host": self.host, "port": self.port, "dbname": db, "user": user,
                 "password": password}  # fmt: skip
@@ -346,22 +372,10 @@ def app_databases(postgres_server: PostgresServer) -> dict[str, AppDatabase]:
             server.owner,
         )
         databases[env] = AppDatabase(env, db, user, password, env_file)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "PGHOST": str(server.socket_dir),
-        "PGPORT": str(server.port),
-        "PSQL": _pg_binary("psql"),
-        "PGBOUNCER_AUTH_PASSWORD": server.pgbouncer_auth_password,
-        "POSTGRES_ENV_FILES": " ".join(str(d.env_file) for d in databases.values()),
-    }
-    _run(
-        ["bash", str(server.confdir / "init-databases.sh")],
-        env=env,
-        user=PG_OS_USER,
-        cwd=server.root,
-        what="postgres/init-databases.sh",
-    )
+    files = " ".join(str(d.env_file) for d in databases.values())
+    proc = server.init_databases(POSTGRES_ENV_FILES=files)
+    if proc.returncode != 0:
+        raise RuntimeError(f"postgres/init-databases.sh failed:\n{proc.stderr}{proc.stdout}")
     return databases
 
 
