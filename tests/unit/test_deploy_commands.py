@@ -382,7 +382,17 @@ def test_probe_script_speaks_http_to_a_real_server(tmp_path):
     health = cmd.parse_health(res.returncode, res.stdout)
     assert health == cmd.Health(True, 200, "v2-3-gabc", "ok")
     closed = subprocess.run(
-        ["timeout", "5", "bash", "-c", cmd.PROBE, "probe", "127.0.0.1", str(server.server_port), "/health/"],
+        [
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            cmd.PROBE,
+            "probe",
+            "127.0.0.1",
+            str(server.server_port),
+            "/health/",
+        ],
         capture_output=True,
         text=True,
     )

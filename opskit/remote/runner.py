@@ -1,0 +1,127 @@
+"""One way to run an argv on "the server", whichever transport reaches it.
+
+The deploy engine only ever calls `Runner.run(argv, stdin=...)`. Over SSH that is a
+Fabric `Connection` (any invoke `Context` works, which is how unit tests hand in a
+`MockContext`); on the server itself (`scripts/deploy.sh`) it is a subprocess. Every
+argv is joined with shlex on the way to a remote shell, so each word arrives as one
+word; values that are secret or typed by a user travel on stdin, never in argv.
+
+This module imports neither invoke nor fabric: `scripts/deploy.sh` runs the engine in a
+container of the application image, which has neither.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opskit.shell import join
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    exited: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of stderr (else stdout): what to show when a command failed."""
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return "\n".join(text[-lines:])
+
+
+class CommandFailed(RuntimeError):
+    def __init__(self, result: Result, what: str = "") -> None:
+        self.result = result
+        shown = what or join(result.argv[:6]) + (" ..." if len(result.argv) > 6 else "")
+        detail = result.tail()
+        super().__init__(
+            f"{shown} failed (exit {result.exited})" + (f": {detail}" if detail else "")
+        )
+
+
+class Runner:
+    """Runs argv lists on one machine; `where` says which, for messages."""
+
+    where = "?"
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        raise NotImplementedError
+
+    def check(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        what: str = "",
+    ) -> Result:
+        result = self.run(argv, stdin=stdin, timeout=timeout)
+        if not result.ok:
+            raise CommandFailed(result, what)
+        return result
+
+
+class ContextRunner(Runner):
+    """Through an invoke Context: a Fabric Connection (SSH) or, in unit tests, a MockContext."""
+
+    def __init__(self, context, where: str | None = None) -> None:
+        self.context = context
+        if where is None:
+            host = getattr(context, "host", None)
+            user = getattr(context, "user", None)
+            port = getattr(context, "port", None)
+            where = f"{user}@{host}:{port}" if host else "local"
+        self.where = where
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        argv = tuple(str(a) for a in argv)
+        kwargs: dict = {"hide": True, "warn": True, "pty": False}
+        # never the operator's terminal: a command that wants input gets EOF at once
+        kwargs["in_stream"] = io.StringIO(stdin) if stdin is not None else io.StringIO("")
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            res = self.context.run(join(argv), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - invoke's CommandTimedOut and friends
+            if type(exc).__name__ == "CommandTimedOut":
+                return Result(argv, 124, "", f"timed out after {timeout}s")
+            raise
+        return Result(argv, res.exited, res.stdout or "", res.stderr or "")
+
+
+class LocalRunner(Runner):
+    """A subprocess on this machine, optionally through a prefix such as nsenter."""
+
+    def __init__(self, prefix: Sequence[str] = (), where: str = "local") -> None:
+        self.prefix = tuple(prefix)
+        self.where = where
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        argv = tuple(str(a) for a in argv)
+        try:
+            proc = subprocess.run(
+                [*self.prefix, *argv],
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return Result(argv, 124, "", f"timed out after {timeout}s")
+        except OSError as exc:
+            return Result(argv, 127, "", str(exc))
+        return Result(argv, proc.returncode, proc.stdout, proc.stderr)
