@@ -10,7 +10,8 @@
 #
 # templates/nginx.conf, snippets/ and sites/ are copied with ${NGINX_...} filled in
 # (NGINX_CONF_DIR is OUTDIR itself, for absolute includes);
-# templates/app-site.conf becomes sites/prod.conf and sites/staging.conf. Only the
+# templates/app-site.conf becomes sites/prod.conf and sites/staging.conf, their upstream
+# servers upstreams/prod.conf and upstreams/staging.conf. Only the
 # listed variables are substituted, so nginx's own $variables pass through untouched.
 set -o errexit -o nounset
 
@@ -53,7 +54,7 @@ done
 
 fill() { envsubst "$shell_format" < "$1" > "$2"; }
 
-mkdir -p "$out/snippets" "$out/sites" "$NGINX_RUN_DIR"
+mkdir -p "$out/snippets" "$out/sites" "$out/upstreams" "$NGINX_RUN_DIR"
 # includes are absolute, so the rendered files work wherever nginx.conf is included from
 NGINX_CONF_DIR=$(cd "$out" && pwd)
 export NGINX_CONF_DIR
@@ -69,6 +70,8 @@ site() {
   SITE=$1 SITE_SERVER_NAMES=$2 SITE_UPSTREAM=$3 SITE_ROOT=$4
   export SITE SITE_SERVER_NAMES SITE_UPSTREAM SITE_ROOT
   fill "$templates/app-site.conf" "$out/sites/$1.conf"
+  # the upstream's server, rewritten by each deploy (opskit/deploy.py)
+  printf 'server %s;\n' "$3" > "$out/upstreams/$1.conf"
 }
 site prod "$NGINX_PROD_SERVER_NAMES" "$NGINX_PROD_UPSTREAM" "$NGINX_PROD_ROOT"
 site staging "$NGINX_STAGING_SERVER_NAMES" "$NGINX_STAGING_UPSTREAM" "$NGINX_STAGING_ROOT"

@@ -241,8 +241,11 @@ def test_default_render_points_at_the_compose_services(tmp_path):
     staging = (tmp_path / "conf" / "sites" / "staging.conf").read_text()
     status = (tmp_path / "conf" / "sites" / "devstatus.conf").read_text()
     tls = (tmp_path / "conf" / "snippets" / "tls-server.conf").read_text()
-    assert "server django_prod:8000;" in prod and "server_name eduaiia.com www.eduaiia.com;" in prod
-    assert "server django_staging:8001;" in staging
+    upstreams = tmp_path / "conf" / "upstreams"
+    assert (upstreams / "prod.conf").read_text() == "server django_prod:8000;\n"
+    assert (upstreams / "staging.conf").read_text() == "server django_staging:8001;\n"
+    assert f"include {tmp_path / 'conf'}/upstreams/prod.conf;" in prod
+    assert "server_name eduaiia.com www.eduaiia.com;" in prod
     assert "server_name staging.eduaiia.com;" in staging
     assert "server_name devstatus.eduaiia.com;" in status and "root /var/www/status;" in status
     assert "listen 443 ssl http2;" in prod and "root /var/www/prod;" in prod
