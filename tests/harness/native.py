@@ -6,6 +6,8 @@ its own entrypoint script, so a test of the config is a test of what ships.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pwd
 import secrets
@@ -311,6 +313,19 @@ class PgBouncerServer:
         return _run(
             argv, env=env, user=PG_OS_USER, cwd=self.root, what=f"pgbouncer console: {sql}"
         ).stdout.rstrip("\n")
+
+    def admin_rows(self, sql: str, user: str = "postgres") -> list[dict[str, str]]:
+        """A console SHOW command as rows keyed by column name."""
+        argv = [
+            _pg_binary("psql"), "-X", "-q", "--csv", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.run_dir), "-p", str(self.port), "-U", user, "-d", "pgbouncer",
+            "-c", sql,
+        ]  # fmt: skip
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+        out = _run(
+            argv, env=env, user=PG_OS_USER, cwd=self.root, what=f"pgbouncer console: {sql}"
+        ).stdout
+        return list(csv.DictReader(io.StringIO(out)))
 
 
 def _env_file_value(path: Path, key: str) -> str:
