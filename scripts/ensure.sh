@@ -63,8 +63,12 @@ step_python() {
   want=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "pip install -e .[app,s3,test]"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e "${ROOT}[app,s3,test]"
+    local log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e "${ROOT}[app,s3,test]"; } >"$log" 2>&1; then
+      tail -30 "$log" >&2
+      die "pip install failed (full log: $log); check the network or the pins in pyproject.toml"
+    fi
     echo "$want" > "$stamp"
   fi
 }
