@@ -176,6 +176,8 @@ class _State:
     version: str = ""
     served: str = ""  # the container nginx sends traffic to when we started
     served_release: str = ""
+    served_labels: dict = field(default_factory=dict)
+    image_id: str = ""
     upstream_before: str = ""
     new_container: str = ""
     plan_before: cmd.MigrationPlan | None = None
@@ -184,6 +186,7 @@ class _State:
     backup: str = ""
     build_dir: str = ""
     warnings: list[str] = field(default_factory=list)
+    shown_warnings: list[str] = field(default_factory=list)
     locked: bool = False
 
 
@@ -233,13 +236,16 @@ class Deployer:
             if exc.detail:
                 for line in exc.detail.rstrip().splitlines():
                     self.say(f"      | {line}")
+            self._flush_warnings(s)
             raise
         except CommandFailed as exc:
             self._line(n, name, "FAILED", self.clock() - t, str(exc).splitlines()[0])
             for line in exc.result.tail().splitlines()[1:]:
                 self.say(f"      | {line}")
+            self._flush_warnings(s)
             raise DeployError(str(exc).splitlines()[0]) from None
         self._line(n, name, box["status"], self.clock() - t, box["detail"])
+        self._flush_warnings(s)
 
     def _line(self, n: int, name: str, status: str, seconds: float, detail: str) -> None:
         self.say(f"[{n}/{len(STEPS)}] {name:<10} {status:<7} {seconds:5.1f}s  {detail}".rstrip())
@@ -412,17 +418,14 @@ class Deployer:
         served = self.r.run(cmd.inspect(s.served))
         if served.ok:
             data = json.loads(served.stdout)[0]
-            s.served_release = ((data.get("Config") or {}).get("Labels") or {}).get(
-                cmd.LABEL_RELEASE, ""
-            ) or "initial"
+            s.served_labels = dict((data.get("Config") or {}).get("Labels") or {})
+            s.served_release = s.served_labels.get(cmd.LABEL_RELEASE, "") or "initial"
             if not (data.get("State") or {}).get("Running"):
                 s.warnings.append(f"{s.served}, which nginx points at, is not running")
         else:
             s.warnings.append(f"{s.served}, which nginx points at, does not exist")
 
         removed = self._remove_leftovers(s)
-        for warning in s.warnings:
-            self.say(f"      ! {warning}")
         return (
             f"disk {free_mb} MB free, memory {avail_mb} MB available, env file valid, "
             f"docker {docker.stdout.strip()}, compose {compose.stdout.strip()}, "
@@ -479,6 +482,7 @@ class Deployer:
             s.image = env.release_image(s.release)
             self.r.check(cmd.tag(p.image, s.image))
             s.version = info["version"]
+            s.image_id = info["id"]
             return f"pulled {p.image} ({info['id'][7:19]}) as {s.image}, version {s.version or '?'}"
 
         ref = p.ref or env.branch
@@ -508,6 +512,7 @@ class Deployer:
             raise DeployError(f"building {s.source} failed", detail=built.tail(25))
         info = self._inspect_image(s.image)
         s.version = info["version"] or s.version
+        s.image_id = info["id"]
         return f"built {s.source} as {s.image}, version {s.version}"
 
     def _inspect_image(self, image: str) -> dict:
@@ -544,6 +549,7 @@ class Deployer:
         s.image = env.release_image(target)
         info = self._inspect_image(s.image)
         s.version = info["version"]
+        s.image_id = info["id"]
         s.source = f"release {target}"
         return f"{s.image}, version {s.version or '?'} (serving now: {s.served_release})"
 
@@ -585,7 +591,8 @@ class Deployer:
         p, env = self.plan, self.env
         assert s.spec is not None
         name = env.release_container(s.release)
-        argv = cmd.run_release(env, s.spec, s.release, s.image, s.source)
+        labels = cmd.compose_labels(s.served_labels, s.image_id)
+        argv = cmd.run_release(env, s.spec, s.release, s.image, s.source, labels)
         s.new_container = name
         started = self.r.run(argv, stdin=s.spec.env_file(), timeout=300)
         if not started.ok:
@@ -641,7 +648,7 @@ class Deployer:
         return None if reloaded.ok else reloaded
 
     def _switch(self, s: _State) -> str:
-        p, env = self.plan, self.env
+        env = self.env
         failed = self._point_nginx(s.new_container, s.port, s.release)
         if failed is not None:
             # put the file back as it was; the running nginx never loaded the bad one
@@ -649,7 +656,18 @@ class Deployer:
             self.r.run(cmd.nginx_test())
             raise DeployError("nginx refused the switch", detail=failed.tail())
         s.switched = True
+        # from here on the new release serves: what follows is tidying up, and a problem
+        # with it is reported, never a reason to call the deploy failed
         t = self.clock()
+        done = ""
+        try:
+            done = self._retire_old(s)
+        except Exception as exc:  # noqa: BLE001 - reported; the new release keeps serving
+            s.warnings.append(f"after the switch: {type(exc).__name__}: {exc}")
+        return f"nginx -> {s.new_container} (release {s.release}); {done} ({self.clock() - t:.1f}s)"
+
+    def _retire_old(self, s: _State) -> str:
+        p, env = self.plan, self.env
         drained = self._drain(p.drain_timeout_s)
         # the old release: whatever nginx sent traffic to, and the stable name
         olds = [c for c in dict.fromkeys([s.served, env.container]) if c != s.new_container]
@@ -660,26 +678,31 @@ class Deployer:
             else:
                 s.warnings.append(f"could not stop {old}: {stopped.tail(2)}")
         renamed = self.r.run(cmd.rename(s.new_container, env.container))
-        serving = s.new_container
         if renamed.ok:
-            serving = env.container
+            released_name, s.new_container = s.new_container, env.container
             failed = self._point_nginx(env.container, s.port, s.release)
             if failed is not None:
                 s.warnings.append(
-                    f"nginx still names {s.new_container}; it runs as {env.container}: "
-                    f"{failed.tail(2)}"
+                    f"nginx still names {released_name}, which now runs as {env.container}; "
+                    f"the next deploy fixes it ({failed.tail(2)})"
                 )
         else:
             s.warnings.append(f"kept the name {s.new_container}: {renamed.tail(2)}")
-        s.new_container = serving
+        if s.spec is not None and s.spec.image:
+            # compose's own tag follows the release, so `docker compose up -d` keeps it
+            moved = self.r.run(cmd.tag(s.image, s.spec.image))
+            if not moved.ok:
+                s.warnings.append(f"could not tag {s.spec.image}: {moved.tail(1)}")
         pruned = self._prune(s)
+        return f"old drained in {drained:.1f}s and stopped" + (
+            f"; pruned {', '.join(pruned)}" if pruned else ""
+        )
+
+    def _flush_warnings(self, s: _State) -> None:
         for warning in s.warnings:
             self.say(f"      ! {warning}")
-        return (
-            f"nginx -> {serving} (release {s.release}); old drained in {drained:.1f}s and "
-            f"stopped ({self.clock() - t:.1f}s)"
-            + (f"; pruned {', '.join(pruned)}" if pruned else "")
-        )
+        s.shown_warnings += s.warnings
+        s.warnings = []
 
     def _drain(self, timeout: float) -> float:
         """Wait for nginx's old workers to finish their requests (bounded)."""

@@ -27,8 +27,9 @@ IMAGE_REPO = "aiia/app"
 LABEL_ENV = "aiia.env"
 LABEL_RELEASE = "aiia.release"
 LABEL_SOURCE = "aiia.source"
-# where nginx reads each environment's upstream server (nginx/templates/app-site.conf)
-UPSTREAM_DIR = "/etc/nginx/upstreams"
+# where nginx reads each environment's upstream server: rendered at the container's start
+# (nginx/render.sh), included by nginx/templates/app-site.conf, rewritten by deploys
+UPSTREAM_DIR = "/run/nginx/conf/upstreams"
 
 RELEASE_RE = re.compile(r"^\d{8}-\d{6}(-[0-9a-z]{1,12})?$")
 
@@ -369,6 +370,7 @@ class ServiceSpec:
     aliases: tuple[str, ...] = ()
     network: str = NETWORK
     volumes: tuple[str, ...] = ()  # --mount values, for one-off containers too
+    image: str = ""  # the tag compose runs the service from (aiia/app:production)
 
     def env_file(self) -> str:
         """The environment in docker's --env-file format (KEY=value, taken literally)."""
@@ -545,6 +547,7 @@ def service_spec(config: Mapping, service: str) -> ServiceSpec:
         aliases=(service, *aliases),
         network=network,
         volumes=tuple(volumes),
+        image=_unescape(svc.get("image") or ""),
     )
 
 
@@ -557,8 +560,29 @@ def _entrypoint_flags(spec: ServiceSpec) -> tuple[list[str], list[str]]:
     return ["--entrypoint", spec.entrypoint[0]], list(spec.entrypoint[1:])
 
 
+COMPOSE_LABEL = "com.docker.compose."
+
+
+def compose_labels(old: Mapping[str, str], image_id: str) -> dict[str, str]:
+    """The compose labels that make a deploy's container compose's own service container.
+
+    Copied from the container being replaced, with the new image's id: `docker compose ps`,
+    `logs` and `exec` then find the release under the service's name, and `up -d` leaves
+    it running as long as the service's definition is unchanged.
+    """
+    labels = {k: v for k, v in old.items() if k.startswith(COMPOSE_LABEL)}
+    if labels and image_id:
+        labels[COMPOSE_LABEL + "image"] = image_id
+    return labels
+
+
 def run_release(
-    env: Environment, spec: ServiceSpec, release: str, image: str, source: str = ""
+    env: Environment,
+    spec: ServiceSpec,
+    release: str,
+    image: str,
+    source: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Start a release beside the one serving: same definition, its own name; env on stdin."""
     name = env.release_container(release)
@@ -583,6 +607,8 @@ def run_release(
     ]
     if source:
         argv += ["--label", f"{LABEL_SOURCE}={source}"]
+    for key, value in sorted((labels or {}).items()):
+        argv += ["--label", f"{key}={value}"]
     argv += [*entry, check_image(image), *entry_args, *spec.command]
     return argv
 
@@ -841,10 +867,11 @@ def nginx_reload(nginx: str = NGINX) -> list[str]:
     return ["docker", "exec", nginx, "nginx", "-s", "reload"]
 
 
-# nginx retitles a worker that still finishes requests after a reload
+# nginx retitles a worker that still finishes requests after a reload; the brackets keep
+# the script from counting its own command line
 DRAINING = (
     "n=0; for f in /proc/[0-9]*/cmdline; do "
-    "tr '\\0' ' ' < \"$f\" 2>/dev/null | grep -q 'worker process is shutting down' "
+    "tr '\\0' ' ' < \"$f\" 2>/dev/null | grep -q 'worker process is shutting[ ]down' "
     "&& n=$((n+1)); done; echo $n"
 )
 

@@ -482,3 +482,38 @@ def test_sh_passes_values_as_positional_parameters():
     argv = sh('printf "%s|" "$@"', "a b", "$(id)", "`id`", "'")
     res = subprocess.run(argv, capture_output=True, text=True)
     assert res.stdout == "a b|$(id)|`id`|'|"
+
+
+def test_the_server_stacks_own_service_definition():
+    """compose/server.yml as `docker compose config` resolves it (saved, fake secrets)."""
+    config = json.loads(fixture("compose_config_server.json"))
+    s = cmd.service_spec(config, "django_prod")
+    assert s.image == "aiia/app:production"
+    assert s.network == "aiia_network" and s.aliases == ("django_prod",)
+    assert list(s.flags[:2]) == ["--memory", "157286400"]
+    assert ["--user", "10001:10001"] == list(s.flags[s.flags.index("--user") :][:2])
+    assert "--read-only" in s.flags
+    assert s.volumes == (
+        "type=volume,source=aiia_static_prod,target=/app/staticfiles",
+        "type=volume,source=aiia_media_prod,target=/app/media",
+    )
+    # the shared services' secrets are blanked for the app by the stack
+    assert s.environment["POSTGRES_SUPERUSER_PASSWORD"] == ""
+    assert s.environment["ENVIRONMENT"] == "production"
+
+
+def test_compose_labels_follow_the_release():
+    old = {
+        "com.docker.compose.project": "aiia",
+        "com.docker.compose.service": "django_prod",
+        "com.docker.compose.image": "sha256:old",
+        "aiia.release": "20241231-000000",
+    }
+    assert cmd.compose_labels(old, "sha256:new") == {
+        "com.docker.compose.project": "aiia",
+        "com.docker.compose.service": "django_prod",
+        "com.docker.compose.image": "sha256:new",
+    }
+    assert cmd.compose_labels({"aiia.release": "x"}, "sha256:new") == {}
+    argv = cmd.run_release(PROD, spec(), RELEASE, "img:1", labels={"com.docker.compose.x": "y"})
+    assert argv[-3:] == ["--label", "com.docker.compose.x=y", "img:1"]

@@ -97,6 +97,7 @@ class Server:
                 json.dumps({"Id": IMAGE_ID, "Config": {"Env": ["APP_VERSION=v2"]}})
             ),
             join(cmd.tag(IMAGE, img)): ok(),
+            join(cmd.tag(img, "aiia/app:production")): ok(),
             join(self.oneoff("plan", cmd.showmigrations())): ok(
                 (FIXTURES / "showmigrations_plan.txt").read_text()
             ),
@@ -582,3 +583,51 @@ def test_the_webhook_hears_of_success_and_of_failure():
     assert texts[1].startswith(":x: production deploy by alice@laptop FAILED")
     assert "migration (unknown) failed" in texts[1]
     assert not any(hook.url.reveal() in line for line in lines)
+
+
+def test_the_release_inherits_compose_labels_and_compose_tag():
+    server = Server()
+    labels = {
+        "com.docker.compose.project": "aiia",
+        "com.docker.compose.service": "django_prod",
+        "com.docker.compose.image": "sha256:old",
+        cmd.LABEL_RELEASE: "20241231-000000",
+    }
+    server.answers[join(cmd.inspect(PROD.container))] = ok(
+        json.dumps([{"State": {"Running": True}, "Config": {"Labels": labels}}])
+    )
+    img = PROD.release_image(RELEASE)
+    expected = cmd.run_release(
+        PROD,
+        server.spec,
+        RELEASE,
+        img,
+        IMAGE,
+        {
+            "com.docker.compose.project": "aiia",
+            "com.docker.compose.service": "django_prod",
+            "com.docker.compose.image": IMAGE_ID,
+        },
+    )
+    server.answers[join(expected)] = ok("cid\n")
+    outcome, ctx, lines = deploy(server)
+    assert outcome.ok, "\n".join(lines)
+    sent = commands(ctx)
+    assert join(expected) in sent
+    assert sent.index(join(cmd.tag(img, "aiia/app:production"))) > sent.index(
+        join(cmd.nginx_reload())
+    )
+
+
+def test_trouble_after_the_switch_is_reported_but_the_deploy_stands():
+    server = Server()
+    new = PROD.release_container(RELEASE)
+    server.answers[join(cmd.stop(PROD.container))] = fail("permission denied")
+    server.answers[join(cmd.rename(new, PROD.container))] = fail("name in use")
+    outcome, ctx, lines = deploy(server)
+    assert outcome.ok and outcome.exit_code == 0
+    assert "      ! could not stop aiia_django_prod: permission denied" in lines
+    assert f"      ! kept the name {new}: name in use" in lines
+    assert any(
+        line.startswith("[7/8] switch     ok") and f"nginx -> {new}" in line for line in lines
+    )
