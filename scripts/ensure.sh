@@ -49,6 +49,7 @@ PACKAGES=(
   postgresql-15 postgresql-client-15 pgbouncer redis-server nginx-light apache2-utils
   age openssh-server openssh-client debootstrap shellcheck wrk docker-registry cron
   gettext-base sslscan
+  pebble certbot
 )
 
 step_python() {
