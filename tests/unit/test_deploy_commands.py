@@ -433,7 +433,7 @@ def test_upstream_file_round_trip_and_atomic_write():
         "-c",
         'cat > "$1.new" && mv -f -- "$1.new" "$1"',
         "sh",
-        "/etc/nginx/upstreams/prod.conf",
+        "/run/nginx/conf/upstreams/prod.conf",
     ]
     assert cmd.nginx_test() == ["docker", "exec", "aiia_nginx", "nginx", "-t", "-q"]
     assert cmd.nginx_reload() == ["docker", "exec", "aiia_nginx", "nginx", "-s", "reload"]
