@@ -101,6 +101,6 @@ def test_probes_carry_no_secret_and_ask_over_sockets():
     assert pools[pools.index("-h") + 1] == "/var/run/pgbouncer"
     assert pools[-1] == "SHOW POOLS" and "--csv" in pools
     # one constant script: the password is looked up inside the container (how it reaches
-    # redis-cli is run for real in test_health.py)
+    # redis-cli is run for real in test_health_checks.py)
     assert probes.redis_info() == ["sh", "-c", probes.REDIS_INFO_SCRIPT, "memory"]
     assert probes.django_health(8001)[-2:] == ["8001", "8.0"]
