@@ -15,6 +15,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,18 +337,19 @@ def _env_file_value(path: Path, key: str) -> str:
     raise KeyError(f"{path.name}: no {key}")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> PostgresServer:
+@contextmanager
+def running_postgres(conf: Path = ROOT / "postgres") -> Iterator[PostgresServer]:
     """A PostgreSQL 15 server on 127.0.0.1 and a free port, run as OS user postgres.
 
     Started through postgres/docker-entrypoint.sh (initdb, cluster roles, then the real
-    server) with postgres/postgresql.conf, pg_hba.conf and pg_ident.conf.
+    server) with postgres/postgresql.conf, pg_hba.conf and pg_ident.conf; `conf` is the
+    folder copied in their place (the repo's postgres/ unless a benchmark swaps a file).
     """
     _pg_binary("postgres")
     owner = _pg_os_user()
     root = _owned_tmpdir("postgres", owner)
     try:
-        _copy_owned(ROOT / "postgres", root / "conf", owner)
+        _copy_owned(conf, root / "conf", owner)
         (root / "sock").mkdir(mode=0o700)
         os.chown(root / "sock", owner.pw_uid, owner.pw_gid)
         server = PostgresServer(
@@ -367,13 +370,18 @@ def postgres_server() -> PostgresServer:
 
 
 @pytest.fixture(scope="session")
-def app_databases(postgres_server: PostgresServer) -> dict[str, AppDatabase]:
+def postgres_server() -> PostgresServer:
+    """running_postgres() with the repo's postgres/ folder, for the whole session."""
+    with running_postgres() as server:
+        yield server
+
+
+def create_app_databases(server: PostgresServer) -> dict[str, AppDatabase]:
     """aiia_prod and aiia_staging, created by postgres/init-databases.sh from env files.
 
     Names come from config/prod.env.example and config/staging.env.example; passwords are
     fresh. Keys: "production", "staging".
     """
-    server = postgres_server
     examples = {"production": "prod.env.example", "staging": "staging.env.example"}
     databases: dict[str, AppDatabase] = {}
     for env, example in examples.items():
@@ -395,9 +403,13 @@ def app_databases(postgres_server: PostgresServer) -> dict[str, AppDatabase]:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer_server(
-    postgres_server: PostgresServer, app_databases: dict[str, AppDatabase]
-) -> PgBouncerServer:
+def app_databases(postgres_server: PostgresServer) -> dict[str, AppDatabase]:
+    """create_app_databases() on the session's postgres_server."""
+    return create_app_databases(postgres_server)
+
+
+@contextmanager
+def running_pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServer]:
     """PgBouncer 1.18 on 127.0.0.1 and a free port in front of postgres_server.
 
     Rendered and started by pgbouncer/docker-entrypoint.sh from pgbouncer/pgbouncer.ini,
@@ -428,6 +440,15 @@ def pgbouncer_server(
             bouncer.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server(
+    postgres_server: PostgresServer, app_databases: dict[str, AppDatabase]
+) -> PgBouncerServer:
+    """running_pgbouncer() in front of postgres_server, its app databases created first."""
+    with running_pgbouncer(postgres_server) as bouncer:
+        yield bouncer
 
 
 # =====================================================================================
@@ -542,12 +563,14 @@ class RedisServer:
         return (proc.stdout + proc.stderr).strip()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> RedisServer:
+@contextmanager
+def running_redis(conf: Path = ROOT / "redis") -> Iterator[RedisServer]:
     """Redis 7 on 127.0.0.1 and a free port with redis/redis.conf and rendered ACL users.
 
     users: "production" and "staging" -> (user, password, key_prefix, db), names and db
     numbers from config/prod.env.example and config/staging.env.example, fresh passwords.
+    `conf` is the folder copied as the server's (the repo's redis/ unless a benchmark
+    swaps redis.conf).
     """
     require_binary("redis-server", "packages")
     try:
@@ -557,7 +580,7 @@ def redis_server() -> RedisServer:
         owner = pwd.getpwnam(REDIS_USER_NAME)
     root = _owned_tmpdir("redis", owner)
     try:
-        _copy_owned(ROOT / "redis", root / "conf", owner)
+        _copy_owned(conf, root / "conf", owner)
         (root / "run").mkdir(mode=0o700)
         os.chown(root / "run", owner.pw_uid, owner.pw_gid)
         users = {}
@@ -584,6 +607,13 @@ def redis_server() -> RedisServer:
             server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    """running_redis() with the repo's redis/ folder, for the whole session."""
+    with running_redis() as server:
+        yield server
 
 
 # --- nginx -----------------------------------------------------------------------------
