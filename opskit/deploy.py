@@ -97,7 +97,9 @@ class Plan:
     min_memory_mb: int | None = None  # default: the app container's memory limit
     skip_backup: bool = False
     extra_ca: str | None = None  # a CA bundle on the server for builds behind a proxy
-    stack_file: str | None = None  # the server's compose file
+    # the server's compose file, when the serving container does not name it (compose
+    # records its files and project on every container it creates; deploys copy them)
+    stack_file: str | None = None
     stack_dir: str | None = None  # its project directory
     holder_pid: int | None = None  # set when the engine runs on the server itself
     webhook: Secret | None = None  # overrides SLACK_WEBHOOK_URL of the env file
@@ -121,9 +123,9 @@ class Plan:
         if not self.who:
             self.who = operator()
         if self.stack_file is None:
-            self.stack_file = f"{default_stack_dir()}/compose/server.yml"
+            self.stack_file = f"{default_stack_dir()}/docker-compose.yml"
         if self.stack_dir is None:
-            self.stack_dir = os.path.dirname(os.path.dirname(self.stack_file)) or "/"
+            self.stack_dir = os.path.dirname(self.stack_file) or "/"
 
     @property
     def what(self) -> str:
@@ -370,33 +372,15 @@ class Deployer:
         assert s.settings is not None
         s.port = int(s.settings.get("APP_PORT") or env.port)
 
-        conf = self.r.run(cmd.compose_config(p.stack_file, p.stack_dir, env.service))
-        if not conf.ok:
-            raise DeployError(
-                f"cannot read service {env.service} from the stack {p.stack_file}",
-                detail=conf.tail(),
-            )
-        try:
-            s.spec = cmd.service_spec(json.loads(conf.stdout), env.service)
-            s.spec.env_file()
-        except (ValueError, cmd.BuilderError) as exc:
-            raise DeployError(f"the stack's {env.service} cannot be run: {exc}") from None
-
         disk = self.r.run(cmd.disk_free(env.path))
         mem = self.r.run(cmd.meminfo())
         free_mb = cmd.parse_df(disk.stdout) if disk.ok else 0
         info = cmd.parse_meminfo(mem.stdout) if mem.ok else {}
         avail_mb = info.get("MemAvailable", 0) + info.get("SwapFree", 0)
-        need_mem = p.min_memory_mb if p.min_memory_mb is not None else _limit_mb(s.spec) or 150
         if free_mb < p.min_disk_mb:
             problems.append(
                 f"only {free_mb} MB free on {env.path}, need {p.min_disk_mb} MB: "
                 "remove unused images (docker image prune) or old backups"
-            )
-        if avail_mb < need_mem:
-            problems.append(
-                f"only {avail_mb} MB of memory and swap available, the new release needs "
-                f"{need_mem} MB beside the old one: add swap (README) or stop what is not needed"
             )
 
         nginx = self.r.run(cmd.container_state(cmd.NGINX))
@@ -424,6 +408,29 @@ class Deployer:
                 s.warnings.append(f"{s.served}, which nginx points at, is not running")
         else:
             s.warnings.append(f"{s.served}, which nginx points at, does not exist")
+
+        stack = cmd.Stack.from_labels(s.served_labels) or cmd.Stack(
+            files=(p.stack_file,), directory=p.stack_dir
+        )
+        conf = self.r.run(cmd.compose_config(stack, env.service))
+        if not conf.ok:
+            raise DeployError(
+                f"cannot read service {env.service} from the stack {stack.describe()}",
+                detail=conf.tail(),
+            )
+        try:
+            s.spec = cmd.service_spec(json.loads(conf.stdout), env.service)
+            s.spec.env_file()
+        except (ValueError, cmd.BuilderError) as exc:
+            raise DeployError(f"the stack's {env.service} cannot be run: {exc}") from None
+        need_mem = p.min_memory_mb if p.min_memory_mb is not None else _limit_mb(s.spec) or 150
+        if avail_mb < need_mem:
+            raise DeployError(
+                "pre-flight failed",
+                detail=f"only {avail_mb} MB of memory and swap available, the new release "
+                f"needs {need_mem} MB beside the old one: add swap (README) or stop what is "
+                "not needed",
+            )
 
         removed = self._remove_leftovers(s)
         return (
@@ -1011,7 +1018,11 @@ def manage(
 ) -> Result:
     """`python manage.py ARGS` in a one-off container of a kept release's image."""
     plan = Plan(env=env, stack_file=stack_file, stack_dir=stack_dir, who="-")
-    conf = runner.check(cmd.compose_config(plan.stack_file, plan.stack_dir, env.service))
+    container, _release = serving(runner, env)
+    res = runner.run(cmd.inspect(container))
+    labels = (json.loads(res.stdout)[0].get("Config") or {}).get("Labels") or {} if res.ok else {}
+    stack = cmd.Stack.from_labels(labels) or cmd.Stack((plan.stack_file,), plan.stack_dir)
+    conf = runner.check(cmd.compose_config(stack, env.service))
     spec = cmd.service_spec(json.loads(conf.stdout), env.service)
     argv = cmd.run_oneoff(
         env, spec, release, env.release_image(release), "manage", [*cmd.MANAGE, *args]

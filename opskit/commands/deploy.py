@@ -27,6 +27,7 @@ IMAGE_REPO = "aiia/app"
 LABEL_ENV = "aiia.env"
 LABEL_RELEASE = "aiia.release"
 LABEL_SOURCE = "aiia.source"
+COMPOSE_LABEL = "com.docker.compose."
 # where nginx reads each environment's upstream server: rendered at the container's start
 # (nginx/render.sh), included by nginx/templates/app-site.conf, rewritten by deploys
 UPSTREAM_DIR = "/run/nginx/conf/upstreams"
@@ -340,19 +341,45 @@ def compose_build(context: str) -> list[str]:
 # --- the service's definition, from the server's compose stack -------------------------
 
 
-def compose_config(compose_file: str, project_dir: str, service: str) -> list[str]:
-    return [
-        "docker",
-        "compose",
-        "--project-directory",
-        project_dir,
-        "-f",
-        compose_file,
-        "config",
-        "--format",
-        "json",
-        service,
-    ]
+@dataclass(frozen=True)
+class Stack:
+    """The compose project that runs the environment's service on the server."""
+
+    files: tuple[str, ...]
+    directory: str
+    project: str = ""
+    env_file: str = ""
+
+    @classmethod
+    def from_labels(cls, labels: Mapping[str, str]) -> Stack | None:
+        """What compose recorded on the container it created (or a deploy copied over)."""
+        files = tuple(
+            f for f in labels.get(COMPOSE_LABEL + "project.config_files", "").split(",") if f
+        )
+        directory = labels.get(COMPOSE_LABEL + "project.working_dir", "")
+        if not files or not directory:
+            return None
+        return cls(
+            files=files,
+            directory=directory,
+            project=labels.get(COMPOSE_LABEL + "project", ""),
+            env_file=labels.get(COMPOSE_LABEL + "project.environment_file", ""),
+        )
+
+    def describe(self) -> str:
+        return f"{self.project or '(default project)'} from {', '.join(self.files)}"
+
+
+def compose_config(stack: Stack, service: str) -> list[str]:
+    argv = ["docker", "compose"]
+    if stack.project:
+        argv += ["--project-name", stack.project]
+    argv += ["--project-directory", stack.directory]
+    for f in stack.files:
+        argv += ["--file", f]
+    if stack.env_file:
+        argv += ["--env-file", stack.env_file]
+    return [*argv, "config", "--format", "json", service]
 
 
 @dataclass(frozen=True)
@@ -558,9 +585,6 @@ def _entrypoint_flags(spec: ServiceSpec) -> tuple[list[str], list[str]]:
     if not spec.entrypoint:
         return ["--entrypoint", ""], []
     return ["--entrypoint", spec.entrypoint[0]], list(spec.entrypoint[1:])
-
-
-COMPOSE_LABEL = "com.docker.compose."
 
 
 def compose_labels(old: Mapping[str, str], image_id: str) -> dict[str, str]:

@@ -517,3 +517,24 @@ def test_compose_labels_follow_the_release():
     assert cmd.compose_labels({"aiia.release": "x"}, "sha256:new") == {}
     argv = cmd.run_release(PROD, spec(), RELEASE, "img:1", labels={"com.docker.compose.x": "y"})
     assert argv[-3:] == ["--label", "com.docker.compose.x=y", "img:1"]
+
+
+def test_the_stack_is_read_from_the_labels_compose_left_on_the_serving_container():
+    labels = {
+        "com.docker.compose.project": "aiia",
+        "com.docker.compose.project.config_files": "/srv/a b/docker-compose.yml,/srv/o.yml",
+        "com.docker.compose.project.working_dir": "/srv/a b",
+        "com.docker.compose.project.environment_file": "/srv/a b/.env",
+    }
+    stack = cmd.Stack.from_labels(labels)
+    assert cmd.compose_config(stack, "django_prod") == [
+        "docker", "compose", "--project-name", "aiia", "--project-directory", "/srv/a b",
+        "--file", "/srv/a b/docker-compose.yml", "--file", "/srv/o.yml",
+        "--env-file", "/srv/a b/.env", "config", "--format", "json", "django_prod",
+    ]  # fmt: skip
+    assert cmd.Stack.from_labels({"com.docker.compose.project": "aiia"}) is None
+    fallback = cmd.Stack(("/srv/p/compose/server.yml",), "/srv/p")
+    assert cmd.compose_config(fallback, "django_staging") == [
+        "docker", "compose", "--project-directory", "/srv/p", "--file",
+        "/srv/p/compose/server.yml", "config", "--format", "json", "django_staging",
+    ]  # fmt: skip
