@@ -30,7 +30,7 @@ IMAGE = "registry.local:5000/aiia/app:abc"
 IMAGE_ID = "sha256:abc1234def5678"
 RELEASE = "20250101-120000-abc1234"
 PROD = cmd.environment("production", "/srv/prod")
-STACK = "/srv/prod/compose/server.yml"
+STACK = "/srv/prod/docker-compose.yml"
 
 
 def env_text(environment: str = "production") -> str:
