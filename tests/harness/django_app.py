@@ -93,6 +93,8 @@ class DjangoApp:
     workdir: Path
     port: int = field(default_factory=free_port)
     service: Service | None = None
+    # what gunicorn runs with besides --bind; a benchmark's baseline swaps in stock flags
+    gunicorn_args: list[str] = field(default_factory=lambda: ["-c", str(APP / "gunicorn.conf.py")])
 
     @property
     def url(self) -> str:
@@ -106,8 +108,7 @@ class DjangoApp:
                 sys.executable,
                 "-m",
                 "gunicorn",
-                "-c",
-                str(APP / "gunicorn.conf.py"),
+                *self.gunicorn_args,
                 "--bind",
                 f"127.0.0.1:{self.port}",
             ],  # fmt: skip
