@@ -140,3 +140,31 @@ def test_bounded_when_pgbouncer_waits_for_a_stopped_postgres(app, postgres_serve
 def test_nothing_written_under_home(app):
     """gunicorn's control socket would go to $HOME/.gunicorn: it is disabled."""
     assert list((app.workdir / "home").iterdir()) == []
+
+
+def test_staging_is_healthy_with_its_own_database_redis_db_and_user(
+    tmp_path_factory, pgbouncer_server, app_databases, redis_server
+):
+    """Staging: aiia_staging through PgBouncer, Redis db 1 as aiia_staging, 1 worker x 2."""
+    workdir = tmp_path_factory.mktemp("health-staging")
+    env = app_env(
+        "staging",
+        workdir=workdir,
+        pgbouncer=pgbouncer_server,
+        database=app_databases["staging"],
+        redis_server=redis_server,
+    )
+    assert (env["REDIS_DB"], env["GUNICORN_WORKERS"]) == ("1", "1")
+    manage(env, "migrate", "--noinput")
+    server = DjangoApp(env, workdir).start()
+    try:
+        status, body = server.health()
+        assert status == 200, body
+        assert body["environment"] == "staging"
+        assert server.logs().count("Booting worker") == 1
+    finally:
+        server.stop()
+    # its probe key went to db 1 under its own prefix
+    prefix = redis_server.users["staging"][2]
+    keys = redis_server.cli("--scan", "--pattern", f"{prefix}:1:health:*", "-n", "1")
+    assert keys.startswith(f"{prefix}:1:health:"), keys
