@@ -125,3 +125,70 @@ class LocalRunner(Runner):
         except OSError as exc:
             return Result(argv, 127, "", str(exc))
         return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+class BridgeRunner(Runner):
+    """Commands run by the host's shell while this process runs in a container.
+
+    `scripts/deploy.sh` starts the engine in a container of the application image (the
+    host needs no Python) and executes, on the host, each command the engine asks for.
+    The two talk over the container's stdin/stdout, one line each way per command; the
+    argv, stdin and output travel as files in a private directory both can see (the
+    script makes it mode 0700 on a tmpfs, so a secret handed to a command's stdin never
+    reaches a disk):
+
+        engine -> script:  run N TIMEOUT      (argv in N.argv, NUL-separated; stdin in N.in)
+        script -> engine:  done N EXIT        (output in N.out and N.err)
+    """
+
+    def __init__(self, directory: str, requests=None, replies=None, where: str = "local") -> None:
+        import sys
+
+        self.directory = directory
+        self.requests = requests or sys.stdout
+        self.replies = replies or sys.stdin
+        self.where = where
+        self._n = 0
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        import os
+
+        argv = tuple(str(a) for a in argv)
+        self._n += 1
+        base = os.path.join(self.directory, str(self._n))
+        old = os.umask(0o077)
+        try:
+            with open(base + ".argv", "wb") as f:
+                f.write(b"".join(a.encode() + b"\0" for a in argv))
+            with open(base + ".in", "w") as f:
+                f.write(stdin or "")
+        finally:
+            os.umask(old)
+        self.requests.write(f"run {self._n} {int(timeout or 0)}\n")
+        self.requests.flush()
+        reply = self.replies.readline().split()
+        if len(reply) != 3 or reply[0] != "done" or reply[1] != str(self._n):
+            raise RuntimeError(f"the deploy script answered {reply!r} to command {self._n}")
+        out = err = ""
+        for suffix in (".out", ".err", ".argv", ".in"):
+            path = base + suffix
+            try:
+                with open(path, errors="replace") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            if suffix == ".out":
+                out = text
+            elif suffix == ".err":
+                err = text
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return Result(argv, int(reply[2]), out, err)
+
+    def close(self, code: int) -> None:
+        self.requests.write(f"exit {int(code)} 0\n")
+        self.requests.flush()

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The operators' guide's manual deploy, run on the server from the environment's checkout:
+#
+#   cd /home/ubuntu/main/ai-ia-backend && bash scripts/deploy.sh production
+#   cd /home/ubuntu/staging/ai-ia-backend && bash scripts/deploy.sh staging
+#   tail -f logs/deploy_production_*.log
+#
+# Usage: scripts/deploy.sh production|staging [--ref REF | --image IMAGE | --rollback [RELEASE]]
+#                          [--why TEXT] [--skip-backup] [--health-attempts N]
+#                          [--health-interval S] [--extra-ca FILE] [--dry-run]
+#
+# The same steps as `fab deploy` (opskit/deploy.py): lock, pre-flight, backup, image,
+# migrations, a new release started beside the old one and gated on /health/, the nginx
+# switch, the deploy log. Everything printed also goes to logs/deploy_<env>_<UTC time>.log.
+#
+# The host needs only Docker, bash and git (DESIGN.md, decision 5): the deploy engine, which
+# is Python, runs in a container of the environment's current application image (it has
+# python3 and python-dotenv), this checkout's opskit/ mounted read-only, no network. It
+# asks this script for each command it needs (docker, git, df, ...), which runs it here on
+# the host, as the user running the script, and hands back the exit code and output
+# (the BridgeRunner protocol in opskit/remote/runner.py). Commands and their input travel
+# through a private directory (mode 0700) on a tmpfs, so the env file's values that a
+# command reads on stdin never touch a disk.
+set -o errexit -o pipefail -o nounset
+
+usage() { sed -n '8,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+die() { printf 'deploy.sh: %s\n' "$*" >&2; exit 1; }
+
+[ $# -ge 1 ] || usage
+env=$1
+shift
+case "$env" in
+  production) container=aiia_django_prod ;;
+  staging) container=aiia_django_staging ;;
+  -h|--help) usage ;;
+  *) printf 'deploy.sh: unknown environment %q: use production or staging\n' "$env" >&2; usage ;;
+esac
+command -v docker >/dev/null || die "docker is not installed on this server"
+(( BASH_VERSINFO[0] > 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] >= 4) )) \
+  || die "bash 4.4 or newer is needed (mapfile -d)"
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[ -f "$root/opskit/deploy.py" ] || die "$root is not a checkout of the project (no opskit/)"
+mkdir -p "$root/logs"
+log="$root/logs/deploy_${env}_$(date -u +%Y%m%d_%H%M%S).log"
+exec 2> >(tee -a "$log" >&2)
+printf 'deploy.sh: %s, logging to %s\n' "$env" "$log" >&2
+
+# the engine runs from the image the environment serves now (the first deploy after
+# `docker compose up` finds compose's); it only needs python3 and python-dotenv from it
+image=$(docker inspect --type container --format '{{.Image}}' "$container" 2>/dev/null) \
+  || image=$(docker image inspect --format '{{.Id}}' "aiia/app:$env" 2>/dev/null) \
+  || die "no application image: neither $container runs nor aiia/app:$env exists (docker compose up first)"
+
+shm=/dev/shm
+[ -d "$shm" ] && [ -w "$shm" ] || shm=${TMPDIR:-/tmp}
+bridge=$(mktemp -d "$shm/aiia-deploy.XXXXXX")
+chmod 700 "$bridge"
+engine_pid=
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  if [ -n "$engine_pid" ]; then kill "$engine_pid" 2>/dev/null || true; fi
+  rm -rf -- "$bridge"
+}
+trap cleanup EXIT
+
+who="${SUDO_USER:-${USER:-$(id -un)}}@$(hostname) (scripts/deploy.sh)"
+coproc ENGINE {
+  docker run --rm -i --network none --read-only --user "$(id -u):$(id -g)" \
+    --memory 96m --cap-drop ALL --security-opt no-new-privileges:true --no-healthcheck \
+    -v "$root/opskit:/opt/aiia/opskit:ro" -v "$bridge:$bridge" \
+    -e PYTHONPATH=/opt/aiia -e PYTHONDONTWRITEBYTECODE=1 -w /opt/aiia \
+    --entrypoint python "$image" -m opskit.deploy "$env" \
+    --path "$root" --bridge "$bridge" --who "$who" --holder-pid "$$" "$@"
+}
+# shellcheck disable=SC2153 # set by coproc
+engine_pid=$ENGINE_PID
+to_engine=${ENGINE[1]}
+from_engine=${ENGINE[0]}
+# Ctrl-C reaches the engine too (docker run forwards it): it stops, removes what it
+# started and releases the lock, through this loop, which therefore keeps running
+trap 'printf "deploy.sh: interrupted; the deploy cleans up and stops\n" >&2' INT TERM
+
+status=
+while IFS=' ' read -r verb n limit <&"$from_engine"; do
+  case "$verb" in
+    run)
+      mapfile -d '' -t argv < "$bridge/$n.argv"
+      wrap=()
+      if [ "$limit" != 0 ]; then wrap=(timeout "$limit"); fi
+      set +o errexit
+      "${wrap[@]}" "${argv[@]}" < "$bridge/$n.in" > "$bridge/$n.out" 2> "$bridge/$n.err"
+      rc=$?
+      set -o errexit
+      rm -f -- "$bridge/$n.in"
+      printf 'done %s %s\n' "$n" "$rc" >&"$to_engine"
+      ;;
+    exit)
+      status=$n
+      break
+      ;;
+    *)
+      die "unexpected request from the deploy engine: $verb"
+      ;;
+  esac
+done
+wait "$engine_pid" 2>/dev/null || true
+engine_pid=
+[ -n "$status" ] || die "the deploy engine stopped without an answer (see the log above)"
+exit "$status"
