@@ -171,15 +171,21 @@ class PostgresServer:
             cwd=self.root,
             user=PG_OS_USER,
         ).start()
-        # the entrypoint's temporary server listens on the socket only: the TCP port
-        # opens when init is done and the real server runs
+        # the entrypoint's temporary server listens on the socket only: TCP answers when
+        # init is done and the real server runs; pg_isready, not an open port, because the
+        # port opens before recovery ends ("the database system is starting up")
         _wait_service(
             self.service,
-            lambda: port_open(self.host, self.port),
+            self.ready,
             timeout=120,
             what=f"PostgreSQL on {self.host}:{self.port} (log: {self.log_path})",
         )
         return self
+
+    def ready(self) -> bool:
+        """pg_isready over TCP: the server accepts connections (not starting up)."""
+        argv = [_pg_binary("pg_isready"), "-q", "-h", self.host, "-p", str(self.port)]
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=30).returncode == 0
 
     def stop(self) -> None:
         if self.service is not None:

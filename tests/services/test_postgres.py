@@ -4,6 +4,7 @@ through postgres/docker-entrypoint.sh, with databases from postgres/init-databas
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -404,3 +405,61 @@ def test_restart_keeps_data_and_runs_initdb_once(postgres_server, app_databases)
         assert postgres_server.log_path.read_text().count("Success. You can now start") == 1
     finally:
         postgres_server.psql("DROP TABLE restart_probe", **as_prod)
+
+
+# --- who may connect from the app network --------------------------------------------------
+
+
+def first_hba_match(server: PostgresServer, address: str, db: str, user: str) -> str:
+    """The auth method of the first pg_hba.conf rule, as the server parsed it, that a TCP
+    connection from `address` to `db` as `user` matches ('none' = no rule: refused)."""
+    rows = server.psql(
+        "SELECT line_number, type, array_to_string(database, ','), "
+        "array_to_string(user_name, ','), coalesce(address, ''), coalesce(netmask, ''), "
+        "auth_method FROM pg_hba_file_rules ORDER BY line_number"
+    )
+    member = server.psql(
+        f"SELECT pg_has_role('{user}', oid, 'MEMBER') FROM pg_roles WHERE rolname = '{db}'"  # noqa: S608
+    )
+    ip = ipaddress.ip_address(address)
+    for row in rows.splitlines():
+        _, kind, dbs, users, addr, mask, method = row.split("|")
+        if kind != "host":
+            continue
+        if addr != "all":
+            prefix = bin(int(ipaddress.ip_address(mask))).count("1")
+            net = ipaddress.ip_network(f"{addr}/{prefix}", strict=False)
+            if ip.version != net.version or ip not in net:
+                continue
+        db_ok = "all" in dbs.split(",") or db in dbs.split(",")
+        db_ok = db_ok or ("samerole" in dbs.split(",") and member == "t")
+        if db_ok and ("all" in users.split(",") or user in users.split(",")):
+            return method
+    return "none"
+
+
+# the subnets Docker hands out to user-defined networks by default (aiia_network gets one)
+NETWORK_ADDRESSES = ["172.18.0.5", "192.168.0.5"]
+
+
+@pytest.mark.parametrize("address", NETWORK_ADDRESSES)
+@pytest.mark.parametrize(
+    ("db", "user", "method"),
+    [
+        ("aiia_prod", "aiia_prod", "scram-sha-256"),
+        ("aiia_staging", "aiia_staging", "scram-sha-256"),
+        ("aiia_prod", "pgbouncer_auth", "scram-sha-256"),
+        ("aiia_prod", "aiia_staging", "reject"),
+        ("aiia_staging", "aiia_prod", "reject"),
+        ("postgres", "postgres", "reject"),
+        ("aiia_prod", "postgres", "reject"),
+        ("aiia_prod", "aiia", "reject"),
+    ],
+)
+def test_app_network_rules(postgres_server, app_databases, address, db, user, method):
+    assert first_hba_match(postgres_server, address, db, user) == method
+
+
+def test_nothing_outside_the_docker_pools_gets_in(postgres_server, app_databases):
+    assert first_hba_match(postgres_server, "10.0.0.5", "aiia_prod", "aiia_prod") == "reject"
+    assert first_hba_match(postgres_server, "203.0.113.9", "aiia_prod", "aiia_prod") == "reject"
