@@ -403,7 +403,15 @@ class Deployer:
         if served.ok:
             data = json.loads(served.stdout)[0]
             s.served_labels = dict((data.get("Config") or {}).get("Labels") or {})
-            s.served_release = s.served_labels.get(cmd.LABEL_RELEASE, "") or "initial"
+            s.served_release = s.served_labels.get(cmd.LABEL_RELEASE, "")
+            if not s.served_release:
+                # started by compose, not by a deploy: it becomes a release of its own, so
+                # a rollback can bring it back like any other
+                s.served_release = cmd.initial_release(data.get("Created", ""))
+                if not p.dry_run and data.get("Image"):
+                    tagged = self.r.run(cmd.tag(data["Image"], env.release_image(s.served_release)))
+                    if not tagged.ok:
+                        s.warnings.append(f"could not tag the serving image: {tagged.tail(1)}")
             if not (data.get("State") or {}).get("Running"):
                 s.warnings.append(f"{s.served}, which nginx points at, is not running")
         else:
@@ -533,18 +541,17 @@ class Deployer:
         target = self.plan.to_release
         if not target:
             log = self.r.run(history.read(env.history_file, 500))
-            done = history.successful_releases(
-                history.parse(log.stdout if log.ok else ""), env.name
-            )
-            candidates = [e.release for e in done if e.release != s.served_release]
-            candidates = [r for r in candidates if r in kept]
-            if not candidates:
+            entries = history.parse(log.stdout if log.ok else "")
+            target = history.previous_release(entries, env.name, s.served_release)
+            if not target or target not in kept:
+                older = [r for r in kept if r < s.served_release]
+                target = older[-1] if older else ""
+            if not target:
                 raise DeployError(
                     "no earlier release to roll back to",
                     detail=f"serving {s.served_release}; release images kept: "
                     + (", ".join(kept) or "none"),
                 )
-            target = candidates[-1]
         if target == s.served_release:
             raise DeployError(f"release {target} is already serving")
         if target not in kept:
@@ -726,9 +733,11 @@ class Deployer:
         if not listed.ok:
             return []
         kept = cmd.parse_release_images(self.env, listed.stdout)
+        log = self.r.run(history.read(self.env.history_file, 500))
+        failed = history.failed_releases(history.parse(log.stdout if log.ok else ""), self.env.name)
         protect = [s.release, s.served_release]
         gone = []
-        for release in cmd.to_prune(kept, self.plan.keep_releases, protect):
+        for release in cmd.to_prune(kept, self.plan.keep_releases, protect, failed):
             if self.r.run(cmd.untag(self.env, release)).ok:
                 gone.append(release)
         return gone

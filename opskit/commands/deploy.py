@@ -935,11 +935,28 @@ def untag(env: Environment, release: str) -> list[str]:
     return ["docker", "image", "rm", env.release_image(release)]
 
 
-def to_prune(releases: Sequence[str], keep: int, protect: Sequence[str]) -> list[str]:
-    """The releases beyond the newest `keep` (never one in `protect`)."""
+def to_prune(
+    releases: Sequence[str], keep: int, protect: Sequence[str], failed: Sequence[str] = ()
+) -> list[str]:
+    """Releases to untag: all but the newest `keep` that served, and the newest failed one.
+
+    A failed release's image stays while it is the newest failure: its migrations may need
+    reversing with its own code (`fab manage`). `protect` (the serving release and the one
+    before it) is never pruned.
+    """
     ordered = sorted(releases)
-    newest = set(ordered[-keep:]) if keep > 0 else set()
-    return [r for r in ordered if r not in newest and r not in protect]
+    failed_set = set(failed)
+    good = [r for r in ordered if r not in failed_set]
+    bad = [r for r in ordered if r in failed_set]
+    keep_set = set(good[-keep:] if keep > 0 else []) | set(bad[-1:]) | set(protect)
+    return [r for r in ordered if r not in keep_set]
+
+
+def initial_release(created: str) -> str:
+    """The release id of a container compose started: its creation time, then `initial`."""
+    m = re.match(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})", created or "")
+    stamp = "".join(m.groups()[:3]) + "-" + "".join(m.groups()[3:]) if m else "00000000-000000"
+    return f"{stamp}-initial"
 
 
 def append_line(path: str) -> list[str]:

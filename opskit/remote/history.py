@@ -92,6 +92,27 @@ def successful_releases(entries: list[Entry | Unreadable], env: str) -> list[Ent
     ]
 
 
+def failed_releases(entries: list[Entry | Unreadable], env: str) -> list[str]:
+    """Releases whose deploy failed (their images are only kept to reverse migrations)."""
+    return [
+        e.release
+        for e in entries
+        if isinstance(e, Entry)
+        and e.env == env
+        and e.action == "deploy"
+        and e.result == "failed"
+        and e.release
+    ]
+
+
+def previous_release(entries: list[Entry | Unreadable], env: str, current: str) -> str:
+    """The release that served before `current` went in (what `fab rollback` brings back)."""
+    for e in reversed(successful_releases(entries, env)):
+        if e.release == current:
+            return e.previous
+    return ""
+
+
 def table(entries: list[Entry | Unreadable]) -> str:
     """A fixed-width table, newest last (as `tail` would show it)."""
     rows = [("when (UTC)", "env", "action", "who", "release / source", "result", "took")]

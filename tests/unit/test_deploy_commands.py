@@ -470,6 +470,12 @@ def test_prune_keeps_the_newest_and_the_protected():
     ]
     assert cmd.to_prune(kept, 2, protect=["20250101-000000-aaaaaaa"]) == ["20250102-000000"]
     assert cmd.to_prune(kept, 10, protect=[]) == []
+    # failed releases do not count as kept ones; only the newest failure keeps its image
+    failed = ["20250103-000000-ccccccc", "20250102-000000"]
+    assert cmd.to_prune(kept, 1, protect=[], failed=failed) == [
+        "20250101-000000-aaaaaaa",
+        "20250102-000000",
+    ]
     assert cmd.untag(PROD, "20250102-000000") == [
         "docker",
         "image",
@@ -538,3 +544,8 @@ def test_the_stack_is_read_from_the_labels_compose_left_on_the_serving_container
         "docker", "compose", "--project-directory", "/srv/p", "--file",
         "/srv/p/compose/server.yml", "config", "--format", "json", "django_staging",
     ]  # fmt: skip
+
+
+def test_a_container_compose_started_becomes_the_initial_release():
+    assert cmd.initial_release("2025-11-28T19:08:07.123456789Z") == "20251128-190807-initial"
+    assert cmd.check_release(cmd.initial_release("")) == "00000000-000000-initial"

@@ -645,3 +645,28 @@ def test_trouble_after_the_switch_is_reported_but_the_deploy_stands():
     assert any(
         line.startswith("[7/8] switch     ok") and f"nginx -> {new}" in line for line in lines
     )
+
+
+def test_a_compose_started_container_is_tagged_as_the_initial_release():
+    server = Server()
+    server.answers[join(cmd.inspect(PROD.container))] = ok(
+        json.dumps(
+            [
+                {
+                    "State": {"Running": True},
+                    "Config": {"Labels": {}},
+                    "Image": "sha256:0ld",
+                    "Created": "2025-01-01T10:00:00.5Z",
+                }
+            ]
+        )
+    )
+    server.answers[join(cmd.tag("sha256:0ld", PROD.release_image("20250101-100000-initial")))] = (
+        ok()
+    )
+    outcome, ctx, lines = deploy(server)
+    assert outcome.ok, "\n".join(lines)
+    assert join(cmd.tag("sha256:0ld", "aiia/app:production-20250101-100000-initial")) in (
+        commands(ctx)
+    )
+    assert recorded(ctx).previous == "20250101-100000-initial"

@@ -176,3 +176,29 @@ def test_undeliverable_webhook_is_reported_without_its_url():
     gone = Secret(f"http://127.0.0.1:{bad.server.server_port}/secret-path")
     problem = notify.send(gone, {"text": "x"}, timeout=2)
     assert problem.startswith("webhook not delivered") and "secret-path" not in problem
+
+
+def test_previous_release_is_what_served_before_the_current_one():
+    def entry(release, previous, result="ok", action="deploy"):
+        return history.Entry(
+            when="w",
+            env="production",
+            action=action,
+            who="a",
+            result=result,
+            duration_s=1,
+            release=release,
+            previous=previous,
+        )
+
+    entries = [
+        entry("r1", "initial-r0"),
+        entry("r2", "r1"),
+        entry("r3", "r2", "failed"),
+        entry("r1", "r2", action="rollback"),
+    ]
+    assert history.previous_release(entries, "production", "r2") == "r1"
+    # after a rollback to r1, the previous one is r2: rollback toggles
+    assert history.previous_release(entries, "production", "r1") == "r2"
+    assert history.previous_release(entries, "production", "r9") == ""
+    assert history.failed_releases(entries, "production") == ["r3"]
