@@ -79,8 +79,12 @@ def run(
     pty: bool = False,
     warn: bool = False,
     hide=None,
+    timed: bool = True,
 ):
-    """Run one command (or, with dry_run, print it); env values reach only the child."""
+    """Run one command (or, with dry_run, print it); env values reach only the child.
+
+    A command that ran visibly and succeeded gets a line with its duration (`timed`).
+    """
     if dry_run:
         print(shown(argv, env, secret))
         return None
@@ -91,7 +95,7 @@ def run(
     if hide is not None:
         kwargs["hide"] = hide
     result = c.run(join(argv), **kwargs)
-    if result is not None and hide is None and not warn:
+    if timed and hide is None and result is not None and result.ok:
         say(f"    ok in {time.monotonic() - started:.1f}s")
     return result
 

@@ -50,9 +50,17 @@ def dev(c, port=8000, build=True, dry_run=False):
                 run(c, ["bash", "scripts/ensure.sh", *steps])
     say(f"dev: starting the local stack on port {port}")
     with in_root(c, root):
-        run(c, LOCAL.up(build=build, wait=True), env={"DEV_PORT": str(port)}, dry_run=dry_run)
-    if not dry_run:
-        print(f"Django: http://localhost:{port}\nAdmin:  http://localhost:{port}/admin")
+        env = {"DEV_PORT": str(port)}
+        result = run(c, LOCAL.up(build=build, wait=True), env=env, dry_run=dry_run, warn=True)
+    if result is None:
+        return
+    if not result.ok:
+        raise Exit(
+            f"dev: the local stack did not come up (exit {result.exited}; output above). "
+            f"Port {port} taken? try `inv dev --port 9000`; the logs: `inv dev-logs`",
+            code=result.exited or 1,
+        )
+    print(f"Django: http://localhost:{port}\nAdmin:  http://localhost:{port}/admin")
 
 
 @task(help={"dry-run": DRY_HELP})

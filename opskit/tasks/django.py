@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from invoke import Collection, Exit, task
 
@@ -26,16 +27,17 @@ def _manage(c, env: str | None, args: list[str], *, dry_run=False, what: str) ->
     root = project_root()
     where = target(environment(env, root))
     say(f"{what} ({where.environment}): manage.py {' '.join(args)} in {where.django}")
+    started = time.monotonic()
     with in_root(c, root):
-        result = run(c, where.manage(args), dry_run=dry_run, warn=True)
+        result = run(c, where.manage(args), dry_run=dry_run, warn=True, timed=False)
     if result is not None and not result.ok:
         raise Exit(
-            f"{what} failed in {where.django} (exit {result.exited}); output above. "
-            f"Is the stack up? (inv ps --env {where.environment})",
+            f"{what} failed in {where.django} (exit {result.exited}); its output is above "
+            f"(`inv ps --env {where.environment}` shows whether the stack is up)",
             code=result.exited or 1,
         )
     if result is not None:
-        say(f"{what}: ok")
+        say(f"{what}: ok in {time.monotonic() - started:.1f}s")
 
 
 @task(help={"env": ENV_HELP, "dry-run": DRY_HELP})
