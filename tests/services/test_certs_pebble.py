@@ -1,0 +1,623 @@
+"""Let's Encrypt issuance and renewal, for real, against pebble (Let's Encrypt's test CA).
+
+Everything runs on loopback. pebble-challtestsrv is the DNS server pebble asks: it
+answers 127.0.0.1 for every name, so pebble validates each HTTP-01 challenge by a GET to
+http://eduaiia.com:<nginx's http port>/.well-known/acme-challenge/<token>, which the
+project's nginx (the shipped templates) serves from the webroot certbot wrote. Nothing
+is marked valid without that request (no PEBBLE_VA_ALWAYS_VALID).
+
+The story is the server's: nginx first runs on a stand-in certificate (the image's
+entrypoint does the same until certbot has issued), certbot issues through nginx's
+webroot, nginx is pointed at /etc/letsencrypt/live/eduaiia.com/ (here under a temporary
+config dir, same layout) and reloaded; then renewals put new certificates in service
+through certbot's deploy hook `nginx -s reload`, with the same master process and no
+failed request. certbot's commands are opskit.certs' builders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from opskit import certs, tls
+from tests.harness.core import (
+    PrerequisiteError,
+    Service,
+    free_port,
+    port_open,
+    require_binary,
+    wait_until,
+)
+from tests.harness.native import NginxServer, _world_tmpdir, make_nginx
+
+NINETY_DAYS = 90 * 86400  # Let's Encrypt's certificate lifetime
+CERTBOT_TIMEOUT_S = 180  # a certbot that hangs fails the test instead of blocking the run
+
+
+# =====================================================================================
+# pebble, its DNS server, certbot
+# =====================================================================================
+
+
+@dataclass
+class ChallengeDNS:
+    """pebble-challtestsrv as a DNS server only: every A query is answered 127.0.0.1."""
+
+    port: int
+    root: Path
+    service: Service | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ChallengeDNS:
+        management = free_port()
+        argv = [
+            require_binary("pebble-challtestsrv", "packages"),
+            "-dns01", self.address,
+            "-defaultIPv4", "127.0.0.1",
+            # no AAAA answers: nginx listens on 127.0.0.1 only
+            "-defaultIPv6", "",
+            # its own challenge servers stay off: nginx answers the challenges
+            "-http01", "", "-https01", "", "-tlsalpn01", "",
+            "-management", f"127.0.0.1:{management}",
+        ]  # fmt: skip
+        self.service = Service(argv, log=self.root / "challtestsrv.log").start()
+        wait_until(
+            lambda: (
+                not self.service.running
+                or (port_open("127.0.0.1", self.port) and port_open("127.0.0.1", management))
+            ),
+            timeout=30,
+            what=f"pebble-challtestsrv DNS on {self.address}",
+        )
+        self.service.check_alive()
+        return self
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop(sig=signal.SIGTERM, timeout=10)
+
+
+@dataclass
+class Pebble:
+    """One pebble ACME server; its state (accounts, CA keys) lives as long as the process."""
+
+    root: Path
+    http_port: int  # where pebble's VA sends HTTP-01 requests: nginx's plain HTTP port
+    dns: ChallengeDNS
+    validity_s: int = NINETY_DAYS
+    port: int = field(default_factory=free_port)
+    management_port: int = field(default_factory=free_port)
+    service: Service | None = None
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    @property
+    def listener_ca(self) -> Path:
+        """The CA of pebble's own HTTPS listener: certbot trusts it via REQUESTS_CA_BUNDLE."""
+        return self.root / "listener-ca.pem"
+
+    def start(self) -> Pebble:
+        self.root.mkdir(parents=True, exist_ok=True)
+        ca = tls.create_ca("pebble listener test CA")
+        tls.write_public(self.listener_ca, ca.cert_pem())
+        tls.issue_leaf(ca, ["127.0.0.1", "localhost"]).write(
+            self.root / "listener.pem", self.root / "listener-key.pem"
+        )
+        config = {
+            "pebble": {
+                "listenAddress": f"127.0.0.1:{self.port}",
+                "managementListenAddress": f"127.0.0.1:{self.management_port}",
+                "certificate": str(self.root / "listener.pem"),
+                "privateKey": str(self.root / "listener-key.pem"),
+                "httpPort": self.http_port,
+                # unused (certbot's webroot answers HTTP-01), but pebble wants a port
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": False,
+                "certificateValidityPeriod": self.validity_s,
+            }
+        }
+        (self.root / "pebble.json").write_text(json.dumps(config, indent=2))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            # validate at once (pebble otherwise waits 0-15 s before each attempt)
+            "PEBBLE_VA_NOSLEEP": "1",
+            # never reject a good nonce (pebble rejects 5 % by default to test retries)
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            # never reuse an authorization: every order, renewals included, is validated
+            # again through nginx
+            "PEBBLE_AUTHZREUSE": "0",
+        }
+        argv = [
+            require_binary("pebble", "packages"),
+            "-config", str(self.root / "pebble.json"),
+            "-dnsserver", self.dns.address,
+        ]  # fmt: skip
+        self.service = Service(argv, log=self.root / "pebble.log", env=env, cwd=self.root)
+        self.service.start()
+        wait_until(
+            lambda: not self.service.running or self._get("/dir", self.port),
+            timeout=60,
+            what=f"pebble's ACME directory {self.directory_url} (log: {self.root}/pebble.log)",
+        )
+        self.service.check_alive()
+        return self
+
+    def _get(self, path: str, port: int) -> bytes:
+        context = ssl.create_default_context(cafile=str(self.listener_ca))
+        url = f"https://127.0.0.1:{port}{path}"
+        with urllib.request.urlopen(url, context=context, timeout=5) as resp:  # noqa: S310
+            return resp.read()
+
+    def roots(self) -> str:
+        """The root of the chains pebble issues (new at every start of pebble)."""
+        return self._get("/roots/0", self.management_port).decode()
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop(sig=signal.SIGTERM, timeout=10)
+
+
+@dataclass
+class CertbotRun:
+    argv: list[str]
+    returncode: int
+    output: str
+    max_rss_kb: int
+
+    def check(self) -> CertbotRun:
+        if self.returncode != 0:
+            raise AssertionError(
+                f"{shlex.join(self.argv)} failed (exit {self.returncode}):\n{self.output[-4000:]}"
+            )
+        return self
+
+
+@dataclass
+class Certbot:
+    """Debian's certbot with its config, work and logs dirs under `root`, trusting pebble."""
+
+    root: Path
+    pebble: Pebble
+
+    @property
+    def dirs(self) -> certs.CertbotDirs:
+        return certs.CertbotDirs(
+            str(self.root / "letsencrypt"), str(self.root / "work"), str(self.root / "logs")
+        )
+
+    @property
+    def live(self) -> Path:
+        return Path(certs.live_dir(certs.CERT_NAME, self.dirs.config_dir))
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
+            "LANG": "C.UTF-8",
+            "HOME": str(self.root),
+            "XDG_CONFIG_HOME": str(self.root / "xdg"),
+            "REQUESTS_CA_BUNDLE": str(self.pebble.listener_ca),
+        }
+
+    def run(self, argv: list[str]) -> CertbotRun:
+        """Run certbot and wait for it; its peak RSS comes from the kernel (wait4)."""
+        argv = [require_binary("certbot", "packages"), *argv[1:]]
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=self.env(), cwd=self.root,
+            )  # fmt: skip
+            killer = threading.Timer(CERTBOT_TIMEOUT_S, proc.kill)
+            killer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                killer.cancel()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        return CertbotRun(argv, proc.returncode, text, usage.ru_maxrss)
+
+    def leaf(self) -> certs.CertInfo:
+        return certs.parse_cert((self.live / "cert.pem").read_bytes())
+
+
+# =====================================================================================
+# nginx with certificate paths of our choosing
+# =====================================================================================
+
+
+@dataclass
+class AcmeNginx(NginxServer):
+    """The services tier's nginx, its certificate paths settable (NGINX_TLS_CERT/KEY)."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_server(cls, server: NginxServer) -> AcmeNginx:
+        return cls(**{f.name: getattr(server, f.name) for f in fields(server)})
+
+    def render_env(self) -> dict[str, str]:
+        env = super().render_env()
+        if self.tls_cert is not None and self.tls_key is not None:
+            env["NGINX_TLS_CERT"] = str(self.tls_cert)
+            env["NGINX_TLS_KEY"] = str(self.tls_key)
+        return env
+
+    @property
+    def master_pid(self) -> int:
+        return int((self.root / "run" / "nginx.pid").read_text())
+
+    def workers(self) -> set[int]:
+        """The master's children: new ones after every reload."""
+        pid = self.master_pid
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return {int(p) for p in text.split()}
+
+    def reload_hook(self) -> str:
+        """certbot's deploy hook for this instance: the image's `nginx -s reload`."""
+        argv = [require_binary("nginx", "packages"), "-p", str(self.root),
+                "-c", str(self.conf_path), "-e", str(self.error_log), "-s", "reload"]  # fmt: skip
+        return shlex.join(argv)
+
+    def acme_requests(self) -> list[dict]:
+        """Access-log entries of HTTP-01 challenge requests (JSON lines, nginx/README.md)."""
+        entries = []
+        for line in self.access_log.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["uri"].startswith("/.well-known/acme-challenge/"):
+                entries.append(entry)
+        return entries
+
+
+def handshake(
+    nginx: NginxServer, server_name: str, roots: str | None = None
+) -> tuple[x509.Certificate, str]:
+    """TLS to nginx with SNI `server_name`; with `roots`, the chain must verify up to them.
+
+    Returns the leaf nginx presented and the status line of GET /health on it.
+    """
+    if roots is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cadata=roots)
+    with socket.create_connection((nginx.host, nginx.https_port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as conn:
+            der = conn.getpeercert(binary_form=True)
+            conn.sendall(
+                f"GET /health HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+    status = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    return x509.load_der_x509_certificate(der), status
+
+
+def served_serial(nginx: NginxServer, server_name: str = certs.CERT_NAME) -> int:
+    return handshake(nginx, server_name)[0].serial_number
+
+
+class RequestLoop:
+    """Clients opening a new TLS connection per request (bounded), noting what they got."""
+
+    def __init__(
+        self,
+        nginx: NginxServer,
+        roots: str,
+        clients: int = 2,
+        max_requests: int = 20000,
+        max_seconds: float = 180,
+        pause_s: float = 0.005,
+    ) -> None:
+        self.nginx, self.roots = nginx, roots
+        self.max_requests, self.pause_s = max_requests, pause_s
+        self.deadline = time.monotonic() + max_seconds
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        # per client: (serial, status line) or (None, error), in order
+        self.results: list[list[tuple[int | None, str]]] = [[] for _ in range(clients)]
+        self.threads = [
+            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def _client(self, index: int) -> None:
+        while (
+            not self.stop_event.wait(self.pause_s)
+            and self.count() < self.max_requests
+            and time.monotonic() < self.deadline
+        ):
+            try:
+                cert, status = handshake(self.nginx, certs.CERT_NAME, self.roots)
+                result = (cert.serial_number, status)
+            except (OSError, ssl.SSLError) as exc:
+                result = (None, repr(exc))
+            with self.lock:
+                self.results[index].append(result)
+
+    def count(self, serial: int | None = None) -> int:
+        with self.lock:
+            return sum(1 for rs in self.results for s, _ in rs if serial is None or s == serial)
+
+    def __enter__(self) -> RequestLoop:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+# =====================================================================================
+# fixtures: one nginx, one DNS server, one pebble and one certbot lineage per module
+# =====================================================================================
+
+
+@pytest.fixture(scope="module")
+def acme_root() -> Path:
+    root = _world_tmpdir("acme")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def acme_dns(acme_root: Path) -> ChallengeDNS:
+    dns = ChallengeDNS(port=free_port(), root=acme_root).start()
+    yield dns
+    dns.stop()
+
+
+@pytest.fixture(scope="module")
+def acme_nginx(acme_root: Path, nginx_upstreams) -> AcmeNginx:
+    """nginx with the shipped templates, first on a stand-in certificate (not pebble's)."""
+    require_binary("nginx", "packages")
+    require_binary("envsubst", "packages")
+    root = acme_root / "nginx"
+    root.mkdir(mode=0o755)
+    server = make_nginx(root, {k: v.address for k, v in nginx_upstreams.items()})
+    nginx = AcmeNginx.from_server(server)
+    nginx.start()
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def pebble(acme_root: Path, acme_nginx: AcmeNginx, acme_dns: ChallengeDNS) -> Pebble:
+    server = Pebble(acme_root / "pebble", http_port=acme_nginx.http_port, dns=acme_dns)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Issued:
+    certbot: Certbot
+    run: CertbotRun
+    master_pid_before: int
+    stand_in_serial: int
+
+
+@pytest.fixture(scope="module")
+def issued(acme_root: Path, acme_nginx: AcmeNginx, pebble: Pebble) -> Issued:
+    """The first issuance, as on a new server, then nginx pointed at the live files."""
+    nginx = acme_nginx
+    master = nginx.master_pid
+    stand_in = served_serial(nginx)
+    certbot = Certbot(acme_root / "certbot", pebble)
+    run = certbot.run(
+        certs.certonly(
+            certs.DOMAINS,
+            email=None,
+            webroot=str(nginx.site_root("acme")),
+            server=pebble.directory_url,
+            dirs=certbot.dirs,
+            deploy_hook=nginx.reload_hook(),
+        )
+    ).check()
+    print(f"certbot certonly: peak RSS {run.max_rss_kb / 1024:.1f} MiB")
+    # what the image's entrypoint does at its next start, here without a restart
+    nginx.tls_cert = certbot.live / "fullchain.pem"
+    nginx.tls_key = certbot.live / "privkey.pem"
+    nginx.render()
+    reload = nginx.nginx("-s", "reload")
+    if reload.returncode != 0:
+        raise PrerequisiteError(f"nginx -s reload failed: {reload.stderr}")
+    issued_serial = certbot.leaf().serial
+    wait_until(
+        lambda: served_serial(nginx) == issued_serial,
+        timeout=30,
+        what="nginx serving the issued certificate after its reload",
+    )
+    return Issued(certbot, run, master, stand_in)
+
+
+# =====================================================================================
+# tests
+# =====================================================================================
+
+
+def test_issuance_was_validated_through_nginx_webroot(issued: Issued, acme_nginx: AcmeNginx):
+    """pebble fetched every name's token from nginx, and certbot kept the webroot setup."""
+    fetched = [e for e in acme_nginx.acme_requests() if e["status"] == 200]
+    assert {e["host"] for e in fetched} == set(certs.DOMAINS)
+    assert all(e["method"] == "GET" and e["upstream_addr"] == "" for e in fetched)
+    # the challenge files are gone once validated: a replay finds nothing
+    for entry in fetched:
+        path = acme_nginx.site_root("acme") / entry["uri"].lstrip("/")
+        assert not path.exists()
+    renewal = Path(issued.certbot.dirs.config_dir, "renewal", "eduaiia.com.conf").read_text()
+    assert "authenticator = webroot" in renewal
+    assert f"server = {issued.certbot.pebble.directory_url}" in renewal
+    assert f"renew_hook = {acme_nginx.reload_hook()}" in renewal
+
+
+def test_live_files_have_letsencrypts_layout(issued: Issued):
+    live = issued.certbot.live
+    for name in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
+        # symlinks into archive/, version 1 until the first renewal
+        assert re.fullmatch(rf"\.\./\.\./archive/eduaiia\.com/{name[:-4]}\d+\.pem",
+                            os.readlink(live / name))  # fmt: skip
+    leaf = issued.certbot.leaf()
+    assert set(leaf.names) == set(certs.DOMAINS)
+    assert leaf.issuer.startswith("CN=Pebble Intermediate CA")
+    assert (live / "privkey.pem").resolve().stat().st_mode & 0o077 == 0
+
+
+def test_nginx_serves_pebbles_certificate_for_every_name(
+    issued: Issued, acme_nginx: AcmeNginx, pebble: Pebble
+):
+    roots = pebble.roots()
+    serial = issued.certbot.leaf().serial
+    assert serial != issued.stand_in_serial
+    for name in certs.DOMAINS:
+        # verification against pebble's root and the name: the chain is pebble's
+        cert, status = handshake(acme_nginx, name, roots)
+        assert cert.serial_number == serial, name
+        assert status == "HTTP/1.1 200 OK", name
+    # the stand-in was replaced by a reload: the master process is the first one
+    assert acme_nginx.master_pid == issued.master_pid_before == acme_nginx.service.proc.pid
+
+
+def test_renew_when_not_due_and_dry_run_change_nothing(issued: Issued, acme_nginx: AcmeNginx):
+    certbot = issued.certbot
+    before = certbot.leaf()
+    now = dt.datetime.now(dt.UTC)
+    assert not before.renewal_due(now)  # 90-day certificate, fresh: 89 days left
+    workers = acme_nginx.workers()
+
+    plain = certbot.run(certs.renew(dirs=certbot.dirs, server=certbot.pebble.directory_url))
+    assert "not due for renewal" in plain.check().output
+    dry = certbot.run(
+        certs.renew(dry_run=True, dirs=certbot.dirs, server=certbot.pebble.directory_url)
+    )
+    # a dry run is a real order at pebble (validated through nginx), nothing kept
+    assert "Congratulations, all simulated renewals succeeded" in dry.check().output
+
+    assert certbot.leaf() == before
+    assert served_serial(acme_nginx) == before.serial
+    # no deploy hook ran: no reload, the same workers
+    assert acme_nginx.workers() == workers
+
+
+def test_forced_renewal_reloads_nginx_without_a_failed_request(
+    issued: Issued, acme_nginx: AcmeNginx, pebble: Pebble
+):
+    certbot = issued.certbot
+    old = certbot.leaf()
+    master = acme_nginx.master_pid
+    workers = acme_nginx.workers()
+    challenges_before = len(acme_nginx.acme_requests())
+    roots = pebble.roots()
+
+    with RequestLoop(acme_nginx, roots) as loop:
+        wait_until(lambda: loop.count(old.serial) >= 20, timeout=60, what="requests on the old")
+        # the guide's full renewal; the deploy hook stored at issuance reloads nginx
+        run = certbot.run(
+            certs.renew(force=True, dirs=certbot.dirs, server=pebble.directory_url)
+        ).check()
+        new = certbot.leaf()
+        wait_until(
+            lambda: loop.count(new.serial) >= 20,
+            timeout=60,
+            what=f"requests served with the renewed certificate {new.serial_hex}",
+        )
+    print(
+        f"certbot renew: peak RSS {run.max_rss_kb / 1024:.1f} MiB; "
+        f"{loop.count()} requests during the renewal"
+    )
+
+    assert new.serial != old.serial
+    assert new.not_after > old.not_after
+    assert os.readlink(certbot.live / "cert.pem") == "../../archive/eduaiia.com/cert2.pem"
+    # pebble validated every name again through nginx (no authorization reuse)
+    renewed = acme_nginx.acme_requests()[challenges_before:]
+    assert {e["host"] for e in renewed if e["status"] == 200} == set(certs.DOMAINS)
+
+    failures = [r for rs in loop.results for r in rs if r[0] is None or r[1] != "HTTP/1.1 200 OK"]
+    assert failures == []
+    for client in loop.results:
+        serials = [s for s, _ in client]
+        # each client: the old certificate, then the new one from a point on, never back
+        switch = serials.index(new.serial)
+        assert set(serials[:switch]) <= {old.serial}
+        assert set(serials[switch:]) == {new.serial}
+    assert loop.count(old.serial) >= 20 and loop.count(new.serial) >= 20
+
+    # reloaded, not restarted: the same master, new workers
+    assert acme_nginx.master_pid == master == acme_nginx.service.proc.pid
+    assert acme_nginx.workers().isdisjoint(workers)
+
+
+@pytest.mark.parametrize(
+    ("validity", "due"),
+    [
+        pytest.param(dt.timedelta(days=30, hours=-1), True, id="29d23h-left-renews"),
+        pytest.param(dt.timedelta(days=30, hours=1), False, id="30d1h-left-waits"),
+    ],
+)
+def test_certbot_renews_exactly_when_opskit_says_due(
+    validity, due, acme_root: Path, acme_nginx: AcmeNginx, acme_dns: ChallengeDNS, request
+):
+    """The 30-day rule: plain `certbot renew` on both sides of it, against should_renew."""
+    root = acme_root / request.node.callspec.id
+    server = Pebble(
+        root / "pebble",
+        http_port=acme_nginx.http_port,
+        dns=acme_dns,
+        validity_s=int(validity.total_seconds()),
+    ).start()
+    try:
+        certbot = Certbot(root / "certbot", server)
+        marker = root / "deploy-hook-ran"
+        issue = certbot.run(
+            certs.certonly(
+                ["eduaiia.com"],
+                email=None,
+                webroot=str(acme_nginx.site_root("acme")),
+                server=server.directory_url,
+                dirs=certbot.dirs,
+                deploy_hook=shlex.join(["touch", str(marker)]),
+            )
+        )
+        issue.check()
+        assert marker.exists()  # the deploy hook runs at issuance too
+        marker.unlink()
+        before = certbot.leaf()
+        assert before.renewal_due(dt.datetime.now(dt.UTC)) is due
+
+        run = certbot.run(certs.renew(dirs=certbot.dirs, server=server.directory_url)).check()
+
+        after = certbot.leaf()
+        assert (after.serial != before.serial) is due
+        assert marker.exists() is due
+        assert ("not due for renewal" in run.output) is not due
+    finally:
+        server.stop()
