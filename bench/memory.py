@@ -9,10 +9,11 @@ Usage:
 Containers are read from the engine: `docker inspect` for the limit, `docker stats
 --no-stream` for the use (what the kernel charges the container minus inactive page
 cache, the figure the OOM killer goes by). Daemons are read from /proc on this host:
-dockerd, containerd, one containerd-shim per container and one docker-proxy per
-published port, as RSS and as PSS (shared pages divided among the processes sharing
-them: the shims are one binary, and their RSS summed counts it once per container).
-The total is containers plus daemons by PSS, so nothing is counted twice.
+dockerd, containerd, and of the shims (one per container) and docker-proxy processes
+(one per published port) those of the measured containers only, as RSS and as PSS
+(shared pages divided among the processes sharing them: the shims are one binary, and
+their RSS summed counts it once per container). The total is containers plus daemons by
+PSS, so nothing is counted twice.
 
 Idle: the highest of --samples readings, --interval seconds apart. With --load, a
 bounded load follows (--requests in all, over --concurrency kept-alive HTTPS
@@ -86,11 +87,11 @@ class Daemon:
     name: str
     processes: int
     rss_mb: float
-    pss_mb: float | None  # None when smaps_rollup cannot be read
+    pss_mb: float
 
     @property
     def fair_mb(self) -> float:
-        return self.rss_mb if self.pss_mb is None else self.pss_mb
+        return self.pss_mb
 
 
 def docker(*args: str) -> str:
@@ -129,42 +130,76 @@ def usage(names: list[str]) -> dict[str, int]:
     return dict(parse_stats_line(line) for line in out.splitlines() if line.strip())
 
 
-def proc_memory_kb(pid: str, proc: Path = Path("/proc")) -> tuple[int, int | None]:
-    """(VmRSS, Pss) of a process in kB; Pss is None where smaps_rollup is unreadable."""
+def proc_memory_kb(pid: str, proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(VmRSS, Pss) of a process in kB; Pss falls back to RSS where it cannot be read."""
     rss = 0
     for line in (proc / pid / "status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    pss: int | None = None
+    pss = rss
     try:
         for line in (proc / pid / "smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
                 pss = int(line.split()[1])
     except OSError:
-        pss = None
+        pass
     return rss, pss
 
 
-def daemons(proc: Path = Path("/proc")) -> list[Daemon]:
-    found: dict[str, list[tuple[int, int | None]]] = {name: [] for name in DAEMONS}
+def belongs(comm: str, argv: list[str], ids: set[str], addresses: set[str]) -> bool:
+    """Whether a daemon process serves the measured stack.
+
+    dockerd and containerd serve every container; a shim serves the container after its
+    `-id`, a docker-proxy the container address after `-container-ip`. On an engine that
+    runs other containers too, theirs are left out.
+    """
+    if comm in ("dockerd", "containerd"):
+        return True
+    flag = "-id" if comm == "containerd-shim" else "-container-ip"
+    wanted = ids if comm == "containerd-shim" else addresses
+    for i, arg in enumerate(argv[:-1]):
+        if arg == flag:
+            return argv[i + 1] in wanted
+    return False
+
+
+def daemons(
+    ids: set[str] | None = None, addresses: set[str] | None = None, proc: Path = Path("/proc")
+) -> list[Daemon]:
+    """Daemon memory by kind; with `ids`/`addresses`, only the shims and proxies of those."""
+    found: dict[str, list[tuple[int, int]]] = {name: [] for name in DAEMONS}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             comm = (entry / "comm").read_text().strip()
-            if comm in found:
-                found[comm].append(proc_memory_kb(entry.name, proc))
+            if comm not in found:
+                continue
+            if ids is not None:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if not belongs(comm, argv, ids, addresses or set()):
+                    continue
+            found[comm].append(proc_memory_kb(entry.name, proc))
         except OSError:  # the process ended while we looked
             continue
     rows = []
     for name in DAEMONS:
         mems = found[name]
-        if not mems:
-            continue
-        pss_values = [p for _, p in mems]
-        pss = None if None in pss_values else sum(p or 0 for p in pss_values) / 1024
-        rows.append(Daemon(name, len(mems), sum(r for r, _ in mems) / 1024, pss))
+        if mems:
+            rss = sum(r for r, _ in mems) / 1024
+            rows.append(Daemon(name, len(mems), rss, sum(p for _, p in mems) / 1024))
     return rows
+
+
+def identities(names: list[str]) -> tuple[set[str], set[str]]:
+    """Full ids and network addresses of the containers."""
+    fmt = "{{.Id}} {{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+    ids, addresses = set(), set()
+    for line in docker("inspect", "--format", fmt, *names).splitlines():
+        first, *rest = line.split()
+        ids.add(first)
+        addresses.update(rest)
+    return ids, addresses
 
 
 class Peaks:
@@ -172,6 +207,7 @@ class Peaks:
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
+        self.ids, self.addresses = identities(names)
         self.used: dict[str, int] = {}
         self.daemons: dict[str, Daemon] = {}
         self.samples = 0
@@ -179,7 +215,7 @@ class Peaks:
     def sample(self) -> None:
         for name, used in usage(self.names).items():
             self.used[name] = max(used, self.used.get(name, 0))
-        for d in daemons():
+        for d in daemons(self.ids, self.addresses):
             seen = self.daemons.get(d.name)
             if seen is None or d.fair_mb > seen.fair_mb:
                 self.daemons[d.name] = d
@@ -198,7 +234,7 @@ class Peaks:
                     "name": d.name,
                     "processes": d.processes,
                     "rss_mb": round(d.rss_mb, 1),
-                    "pss_mb": None if d.pss_mb is None else round(d.pss_mb, 1),
+                    "pss_mb": round(d.pss_mb, 1),
                 }
                 for d in rows
             ],

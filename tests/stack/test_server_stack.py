@@ -184,7 +184,8 @@ def test_limits_and_hardening_in_force(server_stack, service):
     assert host["ReadonlyRootfs"] is True
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert host["CapDrop"] == ["ALL"]
-    assert set(host["CapAdd"] or ()) == CAP_ADD.get(service, set())
+    added = {cap.removeprefix("CAP_") for cap in host["CapAdd"] or ()}
+    assert added == CAP_ADD.get(service, set())
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert host["LogConfig"]["Type"] == "json-file"
     assert {"max-size", "max-file"} <= set(host["LogConfig"]["Config"])
