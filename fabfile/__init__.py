@@ -15,6 +15,7 @@ MODULES = (
     "opskit.remote.lock",
     "opskit.remote.health",
     "opskit.remote.backup",
+    "opskit.remote.certs",
 )
 
 
