@@ -169,8 +169,14 @@ def renew(
     for line in summary:
         say(f"  certbot: {line}")
     if not res.ok:
+        killed = (
+            "certbot was killed (exit 137), most likely by aiia_nginx's memory limit: certbot "
+            "needs about 50 MB.\n"
+            if res.exited == 137
+            else ""
+        )
         raise CertTaskError(
-            f"certbot renew failed (exit {res.exited}): {res.tail(8)}\n"
+            f"certbot renew failed (exit {res.exited}): {res.tail(8)}\n{killed}"
             f"The certificate on the server is unchanged: {certs.describe(before, now())}.\n"
             f"certbot's log: {LOG_HINT}"
         )

@@ -291,3 +291,14 @@ def test_commands_are_the_builders_joined():
 
     assert join(certs.read_cert()) == READ
     assert join(certs.served_cert()) == SERVED
+
+
+def test_certbot_killed_by_the_memory_limit_is_named():
+    with pytest.raises(Exit) as exc:
+        run_task(
+            remote_certs.renew_certs,
+            [(READ, OLD, 0), (RENEW + " --no-random-sleep-on-renew", "", 137)],
+        )
+    assert "certbot was killed (exit 137), most likely by aiia_nginx's memory limit" in str(
+        exc.value
+    )
