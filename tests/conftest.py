@@ -21,3 +21,14 @@ def pytest_collection_modifyitems(config, items):
         tier = rel.parts[0] if rel.parts else ""
         if tier in TIERS and not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_sessionstart(session):
+    # `timeout` and CI runners stop a run with SIGTERM: turn it into KeyboardInterrupt so
+    # fixture teardown still stops every server the run started.
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -5,6 +5,7 @@ Fixtures start real servers with these; nothing here knows about a particular se
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -86,6 +87,18 @@ def require_binary(name: str, *ensure_args: str) -> str:
     return found
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the test process dies, however it dies.
+
+    Set after the child switched user (Popen does that first), so it is not cleared.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
 class Service:
     """A server process run in the foreground, its output kept in a log file."""
 
@@ -116,6 +129,7 @@ class Service:
             cwd=self.cwd,
             user=self.user,
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist in the child yet
         )
         return self
 
