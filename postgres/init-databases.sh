@@ -58,6 +58,13 @@ PGBOUNCER_AUTH_PASSWORD=$auth_password "$PSQL" -X --no-psqlrc -q \
 if [ -n "${POSTGRES_DB:-}" ]; then
     create_app_database "$POSTGRES_DB" "${POSTGRES_USER:-$POSTGRES_DB}" \
         "${POSTGRES_PASSWORD:-}" "environment"
+    # local development only: Django's test runner (`inv test`) creates test_<db>, and
+    # creates and drops it from the maintenance database
+    if [ "${ENVIRONMENT:-}" = local ]; then
+        printf '%s\n' 'ALTER ROLE :"owner" CREATEDB;' \
+            'GRANT CONNECT ON DATABASE postgres TO :"owner";' \
+            | "$PSQL" -X --no-psqlrc -q -v ON_ERROR_STOP=1 -v owner="${POSTGRES_USER:-$POSTGRES_DB}"
+    fi
 fi
 
 for file in ${POSTGRES_ENV_FILES:-}; do
