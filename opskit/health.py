@@ -418,7 +418,14 @@ def _container_problem(service: Service, container: Container | None) -> Check |
     return None
 
 
-def _tls_check(lay: Layout, containers: Mapping[str, Container], run: Run, net: Network, now):
+def _tls_check(
+    lay: Layout,
+    containers: Mapping[str, Container],
+    run: Run,
+    net: Network,
+    now: dt.datetime,
+    root: Path,
+) -> Check | None:
     nginx = containers.get("nginx")
     if lay.domain and nginx is not None and nginx.running:
         out = run(docker_cmd.port(nginx.name, "443/tcp"))
@@ -432,8 +439,8 @@ def _tls_check(lay: Layout, containers: Mapping[str, Container], run: Run, net: 
                 "tls", RED, f"no TLS handshake for {lay.domain} on 127.0.0.1:{port}: {exc}"
             )
         return certificate_check(cert, now, f"{lay.domain} (127.0.0.1:{port})")
-    if lay.cert_file and Path(lay.cert_file).is_file():
-        cert = x509.load_pem_x509_certificate(Path(lay.cert_file).read_bytes())
+    if lay.cert_file and (root / lay.cert_file).is_file():
+        cert = x509.load_pem_x509_certificate((root / lay.cert_file).read_bytes())
         return certificate_check(cert, now, lay.cert_file)
     return None  # nothing serves or holds a certificate here: nothing to check
 
@@ -445,11 +452,13 @@ def collect(
     net: Network | None = None,
     now: dt.datetime | None = None,
     kinds: frozenset[str] | None = None,
+    root: Path | None = None,
 ) -> list[Check]:
     """Every check of the stack `lay` in the layout's order, TLS last.
 
     `kinds` limits the checks to some kinds of service (the monitor asks only for the
-    data services), and leaves out TLS.
+    data services), and leaves out TLS. `root` is where a layout's cert_file is (the
+    checkout; default the current directory).
     """
     net = net or Network()
     now = now or dt.datetime.now(dt.UTC)
@@ -479,7 +488,7 @@ def collect(
                 check.details,
             )
         checks.append(check)
-    tls = None if kinds is not None else _tls_check(lay, containers, run, net, now)
+    tls = None if kinds is not None else _tls_check(lay, containers, run, net, now, root or Path())
     if tls is not None:
         checks.append(tls)
     return checks

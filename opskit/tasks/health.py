@@ -30,7 +30,7 @@ def healthcheck(c, env=None, json_=False, domain=None):
     chosen = environment(env, root)
     with in_root(c, root):
         lay = health.layout(chosen, domain=domain, project=compose_project())
-        checks = health.collect(lay, lambda a: ask(c, a))
+        checks = health.collect(lay, lambda a: ask(c, a), root=root)
     if json_:
         print(json.dumps(health.report(chosen, checks), indent=2))
     else:

@@ -167,3 +167,15 @@ def test_server_layout_is_the_guides_stack():
         "redis",
     ]
     assert health.layout("staging").domain == "staging.eduaiia.com"
+
+
+def test_healthcheck_from_a_subfolder_finds_the_setup_certificate(project, monkeypatch, capsys):
+    from opskit import tls
+
+    tls.ensure_local_certificates(project / "certs", ["localhost"])
+    sub = project / "app"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    health_tasks.healthcheck(MockContext(run=local_results(redis_running=True)))
+    last = capsys.readouterr().out.splitlines()[-1].split()
+    assert last[:2] == ["tls", "green"] and last[-1] == "certs/cert.pem"
