@@ -49,10 +49,15 @@ class Status:
 
 def read_file_cert(r: Runner, name: str) -> certs.CertInfo:
     res = r.run(certs.read_cert(name))
+    if not res.ok and "No such file" in res.stderr + res.stdout:
+        raise CertTaskError(
+            f"no certificate at {certs.cert_path(name)} in aiia_nginx yet: issue one first "
+            "(nginx/README.md: certbot certonly --webroot ...)"
+        )
     if not res.ok:
         raise CertTaskError(
-            f"no certificate at {certs.cert_path(name)} in aiia_nginx ({res.tail(3)}); "
-            "issue one first (nginx/README.md: certbot certonly --webroot ...)"
+            f"could not read {certs.cert_path(name)} in aiia_nginx (exit {res.exited}): "
+            f"{res.tail(3)}"
         )
     try:
         return certs.parse_cert(res.stdout)

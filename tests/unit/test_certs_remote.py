@@ -144,6 +144,18 @@ def test_cert_status_without_a_certificate_says_how_to_issue():
     assert "certbot certonly --webroot" in str(exc.value)
 
 
+def test_cert_status_when_the_container_is_down_says_so():
+    down = "Error response from daemon: Container 6b63 is not running"
+    with pytest.raises(Exit) as exc:
+        run_task(remote_certs.cert_status, [(READ, down, 1)])
+    assert exc.value.code == 1
+    assert "could not read /etc/letsencrypt/live/eduaiia.com/cert.pem in aiia_nginx (exit 1)" in (
+        str(exc.value)
+    )
+    assert "is not running" in str(exc.value)
+    assert "issue one first" not in str(exc.value)
+
+
 def test_cert_status_when_nginx_does_not_answer(capsys):
     with pytest.raises(Exit):
         run_task(
