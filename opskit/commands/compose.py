@@ -100,6 +100,30 @@ class Compose:
             argv += ["--user", user]
         return [*argv, service, *command]
 
+    def one_off(
+        self,
+        service: str,
+        command: Sequence[str],
+        *,
+        tty: bool = False,
+        env_names: Iterable[str] = (),
+    ) -> list[str]:
+        """Run `command` in a new, removed-after container of `service` (`compose run`).
+
+        It has the service's image, env file, volumes, network and its own memory limit,
+        so a management command does not have to fit beside the server it would share a
+        container with (staging's limit holds one Django, not two); `--no-deps` leaves
+        the rest of the stack as it is.
+        """
+        argv = [*self.base(), "run", "--rm", "--no-deps"]
+        if not tty:
+            argv.append("-T")
+        for name in env_names:
+            if "=" in name:
+                raise ValueError(f"env_names: {name!r} must be a name only, never NAME=value")
+            argv += ["-e", name]
+        return [*argv, service, *command]
+
     def ps(self, *, all: bool = False) -> list[str]:  # noqa: A002 - docker's own flag name
         argv = [*self.base(), "ps"]
         if all:
@@ -133,10 +157,16 @@ class Target:
         return self.environment == "local"
 
     def manage(self, args: Sequence[str], *, tty: bool = False, env_names=()) -> list[str]:
-        """`python manage.py ARGS` in this environment's Django container."""
-        return self.compose.exec(
-            self.django, ["python", "manage.py", *args], tty=tty, env_names=env_names
-        )
+        """`python manage.py ARGS` for this environment.
+
+        Locally in the running `django` container (the guide's `docker-compose exec
+        django ...`); on a server in a one-off container of the service, as a deploy runs
+        its migrations, so the serving container's memory limit is not shared.
+        """
+        command = ["python", "manage.py", *args]
+        if self.local:
+            return self.compose.exec(self.django, command, tty=tty, env_names=env_names)
+        return self.compose.one_off(self.django, command, tty=tty, env_names=env_names)
 
 
 TARGETS = {

@@ -81,21 +81,35 @@ def test_exec_refuses_a_value_in_env_names():
         LOCAL.exec("django", ["true"], env_names=["PASSWORD=hunter2"])
 
 
+def test_one_off_container():
+    argv = SERVER.one_off("django_prod", ["python", "manage.py", "migrate"], env_names=["A"])
+    assert argv == [
+        *SERVER_BASE,
+        *("run", "--rm", "--no-deps", "-T", "-e", "A", "django_prod"),
+        *("python", "manage.py", "migrate"),
+    ]
+    assert SERVER.one_off("django_prod", ["bash"], tty=True) == [
+        *SERVER_BASE,
+        *("run", "--rm", "--no-deps", "django_prod", "bash"),
+    ]
+    with pytest.raises(ValueError, match="name only"):
+        SERVER.one_off("django_prod", ["true"], env_names=["A=1"])
+
+
 @pytest.mark.parametrize(
-    ("env", "service", "base", "port"),
+    ("env", "service", "how", "port"),
     [
-        ("local", "django", LOCAL_BASE, 8000),
-        ("staging", "django_staging", SERVER_BASE, 8001),
-        ("production", "django_prod", SERVER_BASE, 8000),
+        ("local", "django", [*LOCAL_BASE, "exec", "-T"], 8000),
+        ("staging", "django_staging", [*SERVER_BASE, "run", "--rm", "--no-deps", "-T"], 8001),
+        ("production", "django_prod", [*SERVER_BASE, "run", "--rm", "--no-deps", "-T"], 8000),
     ],
 )
-def test_targets_follow_the_guide(env, service, base, port):
+def test_targets_follow_the_guide(env, service, how, port):
     where = target(env)
     assert where.django == service
     assert where.app_port == port
-    assert where.manage(["migrate"]) == [*base, "exec", "-T", service, "python", "manage.py"] + [
-        "migrate"
-    ]
+    # locally in the running container; on a server in a one-off one (its own memory limit)
+    assert where.manage(["migrate"]) == [*how, service, "python", "manage.py", "migrate"]
 
 
 def test_unknown_environment_names_the_choices():

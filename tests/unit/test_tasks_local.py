@@ -19,6 +19,7 @@ from opskit.tasks import dev, django, docker, logs, quality, setup
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_LOCAL = "docker compose --file docker-compose.local.yml"
 COMPOSE_SERVER = "docker compose --file docker-compose.yml"
+ONE_OFF = "run --rm --no-deps -T"
 SUPERUSER_NAMES = (
     "DJANGO_SUPERUSER_USERNAME",
     "DJANGO_SUPERUSER_EMAIL",
@@ -293,12 +294,12 @@ def test_dry_run_prints_and_runs_nothing(project, capsys, call):
         ),
         pytest.param(
             lambda c: django.migrate(c, env="production"),
-            f"{COMPOSE_SERVER} exec -T django_prod python manage.py migrate --noinput",
+            f"{COMPOSE_SERVER} {ONE_OFF} django_prod python manage.py migrate --noinput",
             id="migrate-production",
         ),
         pytest.param(
             lambda c: django.migrate(c, env="staging"),
-            f"{COMPOSE_SERVER} exec -T django_staging python manage.py migrate --noinput",
+            f"{COMPOSE_SERVER} {ONE_OFF} django_staging python manage.py migrate --noinput",
             id="migrate-staging",
         ),
         pytest.param(
@@ -324,7 +325,7 @@ def test_dry_run_prints_and_runs_nothing(project, capsys, call):
         ),
         pytest.param(
             lambda c: django.check(c, env="production"),
-            f"{COMPOSE_SERVER} exec -T django_prod python manage.py check --fail-level WARNING "
+            f"{COMPOSE_SERVER} {ONE_OFF} django_prod python manage.py check --fail-level WARNING "
             "--deploy",
             id="check-production-deploy",
         ),
@@ -338,7 +339,7 @@ def test_manage_commands(project, call, expected):
 
 def test_env_defaults_to_the_environment_of_dot_env(project):
     (project / ".env").write_text("ENVIRONMENT=staging\n")
-    expected = f"{COMPOSE_SERVER} exec -T django_staging python manage.py migrate --noinput"
+    expected = f"{COMPOSE_SERVER} {ONE_OFF} django_staging python manage.py migrate --noinput"
     c = context(expected)
     django.migrate(c)
     assert ran(c) == [expected]
@@ -381,7 +382,7 @@ def test_superuser_environment_wins_over_the_file(project, monkeypatch):
     monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "ops")
     monkeypatch.setenv("DJANGO_SUPERUSER_EMAIL", "ops@eduaiia.com")
     monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "from-the-environment")
-    expected = SUPERUSER.replace(f"{COMPOSE_LOCAL} exec -T", f"{COMPOSE_SERVER} exec -T").replace(
+    expected = SUPERUSER.replace(f"{COMPOSE_LOCAL} exec -T", f"{COMPOSE_SERVER} {ONE_OFF}").replace(
         " django python", " django_prod python"
     )
     c = context(expected)
