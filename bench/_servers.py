@@ -1,0 +1,259 @@
+"""The stacks bench/load.py puts under load, started natively on loopback outside pytest.
+
+Everything is started by the services tier's own code (tests/harness): the same
+entrypoints, config folders and gunicorn wrapper, so the tuned stack here is the one the
+tests prove. What this module adds is the baseline (stock settings in place of ours) and
+an nginx variant without rate limits.
+
+tuned   nginx (the shipped templates) -> gunicorn gthread with app/gunicorn.conf.py
+        (production: 2 workers x 2 threads) -> PgBouncer (transaction pooling) ->
+        PostgreSQL with postgres/postgresql.conf; Redis with redis/redis.conf
+stock   what a Django deploy looks like without that tuning: gunicorn with its defaults
+        (sync worker, `--workers 2`), Django's default database settings (a new
+        PostgreSQL connection per request, CONN_MAX_AGE=0) straight to PostgreSQL, no
+        PgBouncer; PostgreSQL with the packaged sample postgresql.conf (all defaults);
+        Redis with an empty redis.conf (all defaults: no maxmemory). Same app, same
+        cache and cached_db sessions, same roles and passwords (pg_hba.conf, ACLs).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from tests.harness.core import ROOT, PrerequisiteError, Service, require_binary
+from tests.harness.django_app import APP, DjangoApp, app_env, manage
+from tests.harness.native import (
+    NginxServer,
+    _world_tmpdir,
+    create_app_databases,
+    make_nginx,
+    running_pgbouncer,
+    running_postgres,
+    running_redis,
+)
+
+SITE = "eduaiia.com"
+# what initdb copies into a new cluster: every setting commented out, so all defaults
+PG_SAMPLE_CONF = Path("/usr/share/postgresql/15/postgresql.conf.sample")
+# gunicorn with nothing but the worker count: sync worker, no preload, no recycling
+STOCK_GUNICORN = ["aiia.wsgi:application", "--chdir", str(APP), "--workers", "2"]
+# Django's defaults for a PostgreSQL database, over the project's PgBouncer-minded ones
+STOCK_SETTINGS = '''"""Bench-only: the project's settings with Django's default database options."""
+from aiia.settings import *  # noqa: F403
+
+_db = DATABASES["default"]  # noqa: F405
+for _key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "DISABLE_SERVER_SIDE_CURSORS"):
+    _db.pop(_key, None)
+for _key in ("prepare_threshold", "server_side_binding"):
+    _db["OPTIONS"].pop(_key, None)
+'''
+
+
+@dataclass
+class Backend:
+    """The app with its data layer, ready for nginx to proxy to."""
+
+    name: str
+    app: DjangoApp
+    # role -> the server process (a session leader: its children share its session id)
+    services: dict[str, Service]
+    login: tuple[str, str]
+
+
+def _conf_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("Dockerfile", "*.md"))
+    return dst
+
+
+def stock_postgres_conf(dst: Path) -> Path:
+    """postgres/ with postgresql.conf replaced by the packaged sample (all defaults)."""
+    if not PG_SAMPLE_CONF.is_file():
+        raise PrerequisiteError(f"{PG_SAMPLE_CONF} missing (postgresql-15)")
+    _conf_copy(ROOT / "postgres", dst)
+    shutil.copyfile(PG_SAMPLE_CONF, dst / "postgresql.conf")
+    return dst
+
+
+def stock_redis_conf(dst: Path) -> Path:
+    """redis/ with an empty redis.conf: Redis's built-in defaults (ACL users still rendered)."""
+    _conf_copy(ROOT / "redis", dst)
+    (dst / "redis.conf").write_text("# bench baseline: Redis defaults\n")
+    return dst
+
+
+def seed(env: dict, notes: int) -> None:
+    """`notes` rows for /api/notes/ to list (it shows the newest 20)."""
+    code = (
+        "from core.models import Note\n"
+        f"Note.objects.bulk_create([Note(title=f'bench note {{i}}', body='x' * 200) "
+        f"for i in range({int(notes)})])\n"
+    )
+    manage(env, "shell", "--no-imports", "-c", code)
+
+
+def _prepared_app(env: dict, workdir: Path, notes: int, gunicorn_args=None) -> tuple:
+    manage(env, "migrate", "--noinput")
+    username, password = f"bench-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+    # the password travels in the environment, never in argv
+    manage(
+        {**env, "DJANGO_SUPERUSER_PASSWORD": password},
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        username,
+        "--email",
+        "ops@example.com",
+    )
+    seed(env, notes)
+    app = DjangoApp(env, workdir)
+    if gunicorn_args is not None:
+        app.gunicorn_args = gunicorn_args
+    return app.start(), (username, password)
+
+
+@contextmanager
+def tuned_backend(workdir: Path, *, notes: int = 50) -> Iterator[Backend]:
+    """Production's app and data layer with the project's config files."""
+    with running_postgres() as pg:
+        databases = create_app_databases(pg)
+        with running_pgbouncer(pg) as bouncer, running_redis() as redis:
+            env = app_env(
+                "production",
+                workdir=workdir,
+                pgbouncer=bouncer,
+                database=databases["production"],
+                redis_server=redis,
+            )
+            app, login = _prepared_app(env, workdir, notes)
+            try:
+                services = {
+                    "postgresql": pg.service,
+                    "pgbouncer": bouncer.service,
+                    "redis": redis.service,
+                    "gunicorn": app.service,
+                }
+                yield Backend("tuned", app, services, login)
+            finally:
+                app.stop()
+
+
+@contextmanager
+def stock_backend(workdir: Path, *, notes: int = 50) -> Iterator[Backend]:
+    """The same app on stock settings, straight to PostgreSQL (see the module docstring)."""
+    confs = Path(tempfile.mkdtemp(prefix="aiia-bench-stock-"))
+    try:
+        pg_conf = stock_postgres_conf(confs / "postgres")
+        redis_conf = stock_redis_conf(confs / "redis")
+        with running_postgres(pg_conf) as pg, running_redis(redis_conf) as redis:
+            databases = create_app_databases(pg)
+            # app_env's `pgbouncer` is only where the app connects: here PostgreSQL itself
+            env = app_env(
+                "production",
+                workdir=workdir,
+                pgbouncer=pg,
+                database=databases["production"],
+                redis_server=redis,
+            )
+            settings_dir = workdir / "settings"
+            settings_dir.mkdir()
+            (settings_dir / "bench_stock_settings.py").write_text(STOCK_SETTINGS)
+            env.update(PYTHONPATH=str(settings_dir), DJANGO_SETTINGS_MODULE="bench_stock_settings")
+            app, login = _prepared_app(env, workdir, notes, gunicorn_args=STOCK_GUNICORN)
+            try:
+                services = {
+                    "postgresql": pg.service,
+                    "redis": redis.service,
+                    "gunicorn": app.service,
+                }
+                yield Backend("stock", app, services, login)
+            finally:
+                app.stop()
+    finally:
+        shutil.rmtree(confs, ignore_errors=True)
+
+
+class UnlimitedNginx(NginxServer):
+    """The shipped nginx config with every `limit_req` line of the sites taken out.
+
+    Bench-only: it shows what the backend does when nginx lets everything through.
+    """
+
+    def render(self) -> None:
+        super().render()
+        for site in (self.confdir / "sites").glob("*.conf"):
+            text = site.read_text()
+            site.write_text(re.sub(r"(?m)^(\s*)limit_req\s[^\n]*$", r"\1# limit_req: off", text))
+        check = self.nginx("-t", "-q")
+        if check.returncode != 0:
+            raise PrerequisiteError(f"nginx -t refused the unlimited config:\n{check.stderr}")
+
+
+@contextmanager
+def running_nginx(upstream: str, *, limits: bool = True) -> Iterator[NginxServer]:
+    """nginx from nginx/templates in front of `upstream` (both sites), on loopback."""
+    require_binary("nginx", "packages")
+    require_binary("envsubst", "packages")
+    root = _world_tmpdir("bench-nginx")
+    try:
+        server = make_nginx(root, {"prod": upstream, "staging": upstream})
+        if not limits:
+            server = UnlimitedNginx(**{f.name: getattr(server, f.name) for f in fields(server)})
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Config:
+    """One column of the comparison: nginx in front of a backend."""
+
+    name: str
+    description: str
+    nginx: NginxServer
+    backend: Backend
+
+    @property
+    def services(self) -> dict[str, Service]:
+        return {"nginx": self.nginx.service, **self.backend.services}
+
+
+DESCRIPTIONS = {
+    "tuned": "project configs; nginx with its rate limits (200 r/s, /api/ 500 r/s per address)",
+    "tuned-nolimit": "project configs; bench-only nginx without limit_req",
+    "stock": "stock PostgreSQL/Redis/gunicorn sync x2, no PgBouncer, Django DB defaults; "
+    "nginx without limit_req",
+}
+
+
+@contextmanager
+def running_configs(names: list[str], workdir: Path, *, notes: int = 50) -> Iterator[dict]:
+    """Every named config started at once (side by side): name -> Config."""
+    unknown = set(names) - set(DESCRIPTIONS)
+    if unknown:
+        raise ValueError(f"unknown configs: {', '.join(sorted(unknown))}")
+    with ExitStack() as stack:
+        backends: dict[str, Backend] = {}
+        if {"tuned", "tuned-nolimit"} & set(names):
+            (workdir / "tuned").mkdir()
+            backends["tuned"] = stack.enter_context(tuned_backend(workdir / "tuned", notes=notes))
+        if "stock" in names:
+            (workdir / "stock").mkdir()
+            backends["stock"] = stack.enter_context(stock_backend(workdir / "stock", notes=notes))
+        configs = {}
+        for name in names:
+            backend = backends["stock" if name == "stock" else "tuned"]
+            upstream = f"127.0.0.1:{backend.app.port}"
+            nginx = stack.enter_context(running_nginx(upstream, limits=name == "tuned"))
+            configs[name] = Config(name, DESCRIPTIONS[name], nginx, backend)
+        yield configs
