@@ -400,6 +400,11 @@ class Deployer:
             raise DeployError("pre-flight failed", detail="\n".join(problems))
 
         served = self.r.run(cmd.inspect(s.served))
+        if not served.ok and s.served != env.container:
+            # nginx names the compose service (its rendered default, django_prod): the
+            # container behind that name is the environment's own
+            s.served = env.container
+            served = self.r.run(cmd.inspect(s.served))
         if served.ok:
             data = json.loads(served.stdout)[0]
             s.served_labels = dict((data.get("Config") or {}).get("Labels") or {})
@@ -969,12 +974,16 @@ def serving(runner: Runner, env: cmd.Environment) -> tuple[str, str]:
     found = cmd.parse_upstream(up.stdout) if up.ok else None
     if not found:
         raise DeployError(f"nginx has no upstream for {env.name} ({env.upstream_file})")
-    res = runner.run(cmd.inspect(found[0]))
+    container = found[0]
+    res = runner.run(cmd.inspect(container))
+    if not res.ok and container != env.container:
+        container = env.container
+        res = runner.run(cmd.inspect(container))
     release = ""
     if res.ok:
         labels = (json.loads(res.stdout)[0].get("Config") or {}).get("Labels") or {}
         release = labels.get(cmd.LABEL_RELEASE, "") or "initial"
-    return found[0], release
+    return container, release
 
 
 def releases(runner: Runner, env: cmd.Environment) -> str:

@@ -30,6 +30,9 @@ HELD = 75
 # the nearest sshd ancestor: the operator's SSH connection.
 ACQUIRE = r"""set -u
 dir=$1
+# stdin is read first, whatever happens next: a command that exits without reading what
+# it was sent makes the sender's write fail
+details=$(cat)
 mkdir -p -- "$(dirname -- "$dir")" || exit 1
 if ! mkdir -- "$dir" 2>/dev/null; then
   if [ -d "$dir" ]; then
@@ -39,7 +42,7 @@ if ! mkdir -- "$dir" 2>/dev/null; then
   mkdir -- "$dir"
   exit 1
 fi
-cat > "$dir/details.json" || exit 1
+printf '%s\n' "$details" > "$dir/details.json" || exit 1
 pid=${2:-}
 if [ -z "$pid" ]; then
   p=$$

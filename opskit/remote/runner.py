@@ -94,9 +94,16 @@ class ContextRunner(Runner):
             kwargs["timeout"] = timeout
         try:
             res = self.context.run(join(argv), **kwargs)
-        except Exception as exc:  # noqa: BLE001 - invoke's CommandTimedOut and friends
-            if type(exc).__name__ == "CommandTimedOut":
+        except Exception as exc:  # noqa: BLE001 - invoke's and paramiko's, named below
+            kind = type(exc).__name__
+            if kind == "CommandTimedOut":
                 return Result(argv, 124, "", f"timed out after {timeout}s")
+            if kind in ("ThreadException", "SSHException", "NoValidConnectionsError") or (
+                isinstance(exc, OSError)
+            ):
+                # the connection failed under the command: an answer, not a crash, so the
+                # caller can still report, clean up and release what it holds
+                return Result(argv, 255, "", f"connection to {self.where} failed: {kind}")
             raise
         return Result(argv, res.exited, res.stdout or "", res.stderr or "")
 

@@ -670,3 +670,10 @@ def test_a_compose_started_container_is_tagged_as_the_initial_release():
         commands(ctx)
     )
     assert recorded(ctx).previous == "20250101-100000-initial"
+
+
+def test_a_connection_failing_under_a_command_is_an_answer_not_a_crash():
+    ctx = MockContext(run={"true": ok()})
+    ctx.run.side_effect = OSError("Socket is closed")
+    res = ContextRunner(ctx, where="root@server").run(["true"])
+    assert (res.exited, res.stderr) == (255, "connection to root@server failed: OSError")

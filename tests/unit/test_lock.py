@@ -137,3 +137,16 @@ def test_describe_gives_the_age():
     now = datetime(2025, 1, 1, 12, 5, 0, tzinfo=UTC)
     assert "(5m ago)" in DETAILS.describe(now)
     assert LockDetails.from_json("").describe() == "unknown since :"
+
+
+def test_acquire_reads_all_it_is_sent_even_when_refused(tmp_path):
+    """A command that exits before reading its stdin breaks the sender's write (over SSH,
+    Fabric's stdin thread fails with 'Socket is closed')."""
+    lock = Lock(str(tmp_path / "lock"))
+    assert run(lock.acquire(), DETAILS.to_json()).returncode == 0
+    proc = subprocess.Popen(lock.acquire(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)  # still reading, although the lock is held
+    out, _ = proc.communicate(DETAILS.to_json() * 100)
+    assert proc.returncode == HELD and LockDetails.from_json(out) == DETAILS

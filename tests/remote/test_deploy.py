@@ -1,0 +1,367 @@
+"""`fab deploy` over real SSH to this machine, against the real server stack.
+
+The tests share one server (tests/remote/deploy_support.py) and run in file order, each
+starting from what the previous left serving: production goes v1 -> v2 (pulled from a
+registry) -> back to v1 (rollback); staging sees builds made on the server from git refs,
+good and bad ones, concurrent and interrupted deploys, hostile input and the guide's
+`scripts/deploy.sh`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.harness.core import ROOT, wait_until
+from tests.remote import deploy_support as ds
+from tests.unit.test_deploy_history import Hook
+
+STEP = re.compile(r"^\[(\d)/8\] (\w+)\s+(ok|FAILED|skipped)\s+(\d+\.\d)s\s")
+PROBE_MIGRATION = ds.migration(
+    "0002_deploy_probe", "0001_initial", "CREATE TABLE deploy_probe (id integer)",
+    "DROP TABLE deploy_probe",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(ssh_host, docker_engine, tmp_path_factory):
+    with ds.deploy_server(tmp_path_factory.mktemp("deploy"), ssh_host) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def v2_image(server):
+    ds.publish(server.origin, server.work, "v2", {})
+    return server.registry.publish(server.origin, server.work, "v2")
+
+
+def steps(output: str) -> list[tuple[str, str]]:
+    return [(m.group(2), m.group(3)) for m in map(STEP.match, output.splitlines()) if m]
+
+
+def release_containers(env: str) -> list[str]:
+    prefix = "aiia_django_prod_" if env == "production" else "aiia_django_staging_"
+    names = ds.run(["docker", "ps", "-a", "--format", "{{.Names}}"]).stdout.split()
+    return [n for n in names if n.startswith(prefix)]
+
+
+def report(capsys, *lines: str) -> None:
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+
+
+def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, capsys):
+    before = server.container_id("aiia_django_prod")
+    hook = Hook()
+    try:
+        with ds.Load(server, ds.PROD_HOST) as load, ds.MemorySampler() as memory:
+            proc = server.fab(
+                *server.deploy_args("production", "--image", v2_image, "--why", "release v2"),
+                SLACK_WEBHOOK_URL=hook.url.reveal(),
+            )
+            # the loop goes on a little after the deploy, on the new release alone
+            time.sleep(2)
+    finally:
+        hook.close()
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy (production, v2) ---", out.strip(), load.summary(),
+           memory.report())  # fmt: skip
+    assert proc.returncode == 0, out
+    assert steps(out) == [
+        ("lock", "ok"), ("preflight", "ok"), ("backup", "skipped"), ("image", "ok"),
+        ("migrate", "ok"), ("release", "ok"), ("switch", "ok"), ("unlock", "ok"),
+    ]  # fmt: skip
+    assert load.failures == [], load.failures[:10]
+    assert load.per_second >= 20, load.summary()
+    assert load.versions() == ["v1", "v2"]
+    assert server.version("production") == "v2"
+    # the release took the guide's name; the old container is gone, nothing else is left
+    assert server.container_id("aiia_django_prod") != before
+    assert release_containers("production") == []
+    # compose recognises it as its own django_prod (labels carried over)
+    ps = ds.run(
+        [
+            "docker",
+            "compose",
+            "-p",
+            server.project,
+            "--project-directory",
+            str(server.prod),
+            "ps",
+            "--format",
+            "{{.Name}}",
+            "django_prod",
+        ]
+    ).stdout
+    assert ps.split() == ["aiia_django_prod"]
+    # the guide's memory budget holds with two production releases side by side
+    assert memory.samples > 0 and any("aiia_django_prod_" in n for n in memory.peak_at), (
+        "the sampler never saw both releases at once"
+    )
+    entry = server.deploy_log("production")[-1]
+    assert (entry["result"], entry["image"], entry["why"]) == ("ok", v2_image, "release v2")
+    assert [body["text"] for _, _, body in hook.received][-1].startswith(
+        ":white_check_mark: production deploy by"
+    )
+    transcripts = sorted((server.prod / "logs").glob("deploy_production_*.log"))
+    assert transcripts and "[7/8] switch     ok" in transcripts[-1].read_text()
+
+
+def test_a_build_that_fails_its_health_check_is_rolled_back_by_itself(server, capsys):
+    path, text = ds.broken_health()
+    ds.publish(
+        server.origin,
+        server.work,
+        "bad-health",
+        {path: text, PROBE_MIGRATION[0]: PROBE_MIGRATION[1]},
+        branches=("staging",),
+    )
+    before_id = server.container_id("aiia_django_staging")
+    before_version = server.version("staging")
+    hook = Hook()
+    try:
+        with ds.Load(server, ds.STAGING_HOST) as load:
+            proc = server.fab(
+                *server.deploy_args("staging", "--ref", "bad-health", "--health-attempts", "5",
+                                    "--health-interval", "1"),
+                SLACK_WEBHOOK_URL=hook.url.reveal(),
+            )  # fmt: skip
+    finally:
+        hook.close()
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy (staging, a build whose /health/ answers 503) ---",
+           out.strip(), load.summary())  # fmt: skip
+    assert proc.returncode == 1, out
+    assert ("release", "FAILED") in steps(out)
+    assert load.failures == [], load.failures[:10]
+    assert load.versions() == [before_version]
+    assert server.container_id("aiia_django_staging") == before_id
+    assert release_containers("staging") == []
+    entry = server.deploy_log("staging")[-1]
+    assert entry["result"] == "failed"
+    assert entry["reason"].startswith("health check failed: aiia_django_staging_")
+    assert "not healthy after 5 attempts 1s apart (last: HTTP 503)" in entry["reason"]
+    assert entry["migrations"] == ["core.0002_deploy_probe"]
+    assert "FAILED" in hook.received[-1][2]["text"]
+    # the migration stays applied (never reversed silently); the output says how to
+    m = re.search(r"fab -H \S+ manage --env staging --release (\S+) --command "
+                  r"'migrate core 0001_initial'", out)  # fmt: skip
+    assert m, out
+    assert "(NOT reversed): core.0002_deploy_probe" in out
+    shown = server.fab(
+        "manage",
+        "--env",
+        "staging",
+        "--path",
+        str(server.staging),
+        "--release",
+        m.group(1),
+        "--command",
+        "showmigrations core",
+    )
+    assert "[X] 0002_deploy_probe" in shown.stdout, shown.stdout + shown.stderr
+    reverse = server.fab(
+        "manage",
+        "--env",
+        "staging",
+        "--path",
+        str(server.staging),
+        "--release",
+        m.group(1),
+        "--command",
+        "migrate core 0001_initial",
+    )
+    assert reverse.returncode == 0, reverse.stdout + reverse.stderr
+    shown = server.fab(
+        "manage",
+        "--env",
+        "staging",
+        "--path",
+        str(server.staging),
+        "--release",
+        m.group(1),
+        "--command",
+        "showmigrations core",
+    )
+    assert "[ ] 0002_deploy_probe" in shown.stdout
+
+
+def test_a_failing_migration_stops_the_deploy_before_the_switch(server, capsys):
+    good = ds.migration("0002_good_step", "0001_initial", "CREATE TABLE deploy_good (id int)",
+                        "DROP TABLE deploy_good")  # fmt: skip
+    boom = ds.migration("0003_boom", "0002_good_step", "SELECT * FROM no_such_table_here")
+    ds.publish(server.origin, server.work, "bad-migration", dict([good, boom]),
+               branches=("staging",))  # fmt: skip
+    before_id = server.container_id("aiia_django_staging")
+    before_version = server.version("staging")
+    with ds.Load(server, ds.STAGING_HOST, rate=20) as load:
+        proc = server.fab(*server.deploy_args("staging", "--ref", "bad-migration"))
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy (staging, a failing migration) ---", out.strip(),
+           load.summary())  # fmt: skip
+    assert proc.returncode == 1, out
+    assert steps(out)[-2:] == [("migrate", "FAILED"), ("unlock", "ok")]
+    assert "migration core.0003_boom failed after applying 1" in out
+    assert "(NOT reversed): core.0002_good_step" in out
+    assert not any(line.startswith("[6/8]") for line in out.splitlines())
+    assert server.container_id("aiia_django_staging") == before_id
+    assert server.version("staging") == before_version
+    assert load.failures == []
+    assert release_containers("staging") == []
+    entry = server.deploy_log("staging")[-1]
+    assert (entry["result"], entry["migrations"]) == ("failed", ["core.0002_good_step"])
+
+
+def test_concurrent_deploys_and_one_killed_midway(server, capsys):
+    """The second deploy is refused naming the first; the first is killed (its SSH
+    connection drops with it), lock-status explains the lock it left, lock-release clears
+    it, and the next deploy succeeds."""
+    ds.publish(server.origin, server.work, "v3", {}, branches=("staging",))
+    args = server.deploy_args("staging", "--ref", "v3", "--why", "first of two")
+    first = subprocess.Popen(
+        server.fab_argv(*args),
+        cwd=ROOT,
+        env=server.fab_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("[1/8] lock"):
+                break
+        assert seen and " ok " in seen[-1], "".join(seen)
+        second = server.fab(*server.deploy_args("staging", "--ref", "v3", "--why", "second"))
+        out2 = second.stdout + second.stderr
+        assert second.returncode == 75, out2
+        assert re.search(r"refused: staging is locked by \S+ since \S+ \(\d+s ago\): deploy "
+                         r"staging ref v3 \(why: first of two\)", out2), out2  # fmt: skip
+        for line in first.stdout:
+            seen.append(line)
+            if line.startswith("[5/8] migrate"):
+                break
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait(30)
+    report(capsys, "--- the first deploy, killed after its migrations ---", "".join(seen))
+
+    def status() -> str:
+        return server.fab("lock-status", "--env", "staging", "--path", str(server.staging)).stdout
+
+    text = wait_until(
+        lambda: (lambda t: t if "is gone" in t else None)(status()),
+        timeout=60,
+        what="lock-status seeing the killed deploy's connection gone",
+    )
+    report(capsys, "--- fab lock-status ---", text.strip())
+    assert text.startswith("staging: locked by ")
+    assert "deploy staging ref v3 (why: first of two)" in text
+    assert "that deploy was interrupted" in text
+    assert "lock-release --env staging" in text
+    released = server.fab("lock-release", "--env", "staging", "--path", str(server.staging))
+    assert released.returncode == 0 and "released the lock held by" in released.stdout
+    assert status().strip() == "staging: not locked"
+    proc = server.fab(*server.deploy_args("staging", "--ref", "v3", "--why", "after the kill"))
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- the next deploy ---", out.strip())
+    assert proc.returncode == 0, out
+    assert server.version("staging") == "v3"
+    assert release_containers("staging") == []
+
+
+def test_rollback_brings_back_the_previous_version_without_dropping_a_request(server, capsys):
+    assert server.version("production") == "v2"
+    with ds.Load(server, ds.PROD_HOST) as load:
+        proc = server.fab("rollback", "--env", "production", "--path", str(server.prod),
+                          "--why", "v2 misbehaves")  # fmt: skip
+        time.sleep(2)
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab rollback (production) ---", out.strip(), load.summary())
+    assert proc.returncode == 0, out
+    assert [s for s, status in steps(out) if status == "skipped"] == ["backup", "migrate"]
+    assert load.failures == [], load.failures[:10]
+    assert load.versions() == ["v2", "v1"]
+    assert server.version("production") == "v1"
+    entry = server.deploy_log("production")[-1]
+    assert (entry["action"], entry["result"], entry["release"]) == (
+        "rollback",
+        "ok",
+        entry["release"],
+    )
+    assert entry["release"].endswith("-initial")
+    history = server.fab("deploys", "--env", "production", "--path", str(server.prod))
+    rows = history.stdout.splitlines()
+    report(capsys, "--- fab deploys (production) ---", history.stdout.strip())
+    assert rows[0].split()[:3] == ["when", "(UTC)", "env"]
+    assert " rollback " in rows[-1] and rows[-1].endswith("ok")
+    assert " deploy " in rows[-2] and rows[-2].endswith("ok")
+
+
+def test_hostile_input_changes_nothing_outside_its_meaning(server, v2_image, capsys):
+    tag = uuid.uuid4().hex[:8]
+    marks = [Path(f"/tmp/pwned-{tag}-{i}") for i in range(6)]
+    ref = f"main; touch {marks[0]}"
+    why = f"$(touch {marks[1]}) `touch {marks[2]}` '\"; touch {marks[3]}"
+    proc = server.fab(*server.deploy_args("staging", "--ref", ref, "--why", why))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"no commit named {ref!r}" in out
+    entry = server.deploy_log("staging")[-1]
+    assert (entry["ref"], entry["why"], entry["result"]) == (ref, why, "failed")
+
+    # env values with quotes, $() and backticks reach the app as they are written
+    secret = f"k3y-{uuid.uuid4().hex}-\"q'$(touch {marks[4]})`touch {marks[5]}`-" + "z" * 20
+    env_file = server.staging / ".env"
+    text = env_file.read_text()
+    text = re.sub(r"^DJANGO_SECRET_KEY=.*$", lambda _m: f"DJANGO_SECRET_KEY={secret}", text,
+                  flags=re.M)  # fmt: skip
+    env_file.write_text(text)
+    proc = server.fab(*server.deploy_args("staging", "--image", v2_image))
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy (staging) with a hostile env value ---", out.strip())
+    assert proc.returncode == 0, out
+    seen = ds.run(["docker", "exec", "aiia_django_staging", "python", "-c",
+                   "import os; print(os.environ['DJANGO_SECRET_KEY'])"]).stdout  # fmt: skip
+    assert seen == secret + "\n"
+    assert server.version("staging") == "v2"
+    assert not any(m.exists() for m in marks), [m for m in marks if m.exists()]
+    assert secret not in out and secret not in json.dumps(server.deploy_log("staging"))
+
+
+def test_the_guides_deploy_script_on_the_server(server, v2_image, capsys):
+    """`bash scripts/deploy.sh staging` in the checkout, as the guide's manual path."""
+    with server.ssh.connection() as c:
+        res = c.run(
+            f"cd {server.staging} && bash scripts/deploy.sh staging --image {v2_image} "
+            "--skip-backup --why 'manual deploy'",
+            hide=True, warn=True, timeout=1800,
+        )  # fmt: skip
+    out = res.stdout + res.stderr
+    report(capsys, "--- bash scripts/deploy.sh staging ---", out.strip())
+    assert res.exited == 0, out
+    assert [s for s, _ in steps(out)] == [
+        "lock",
+        "preflight",
+        "backup",
+        "image",
+        "migrate",
+        "release",
+        "switch",
+        "unlock",
+    ]
+    logs = sorted((server.staging / "logs").glob("deploy_staging_*.log"))
+    assert logs, "no logs/deploy_staging_*.log"
+    assert "[6/8] release    ok" in logs[-1].read_text()
+    entry = server.deploy_log("staging")[-1]
+    assert entry["result"] == "ok" and entry["who"].endswith("(scripts/deploy.sh)")
+    assert server.version("staging") == "v2"
