@@ -8,7 +8,10 @@ create sessions or touch the cache's session keys.
 Both probes run at the same time and each is bounded: the database probe in a
 long-lived thread of its own (PgBouncer can hold a query in its queue for minutes when
 PostgreSQL is down, and libpq has no read timeout), the cache probe by the Redis
-client's socket timeouts (settings.CACHES).
+client's socket timeouts (settings.CACHES). Docker, the deploy gate, nginx and the
+monitor all ask, often at once: requests of one process share the database probe that
+is running, and reuse its result for a second, so they never compete for the database
+and never report it down because they overlapped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import suppress
 from queue import SimpleQueue
 from urllib.parse import quote, unquote, urlsplit
@@ -35,55 +37,108 @@ HEALTH_PATHS = frozenset({"/health/", "/health"})
 # longer than libpq's connect_timeout (3 s) so a refused or slow connect reports its own
 # error; short enough for Docker's health check timeout (5 s)
 DATABASE_TIMEOUT_S = 4.0
+# a burst of probes (Docker, the deploy gate, nginx, the monitor, a load test) costs one
+# query per process and second; an outage or a recovery shows at most this much later,
+# far inside Docker's health check interval and the deploy gate's polling
+DATABASE_RESULT_TTL_S = 1.0
 
 
-class ProbeBusy(RuntimeError):
-    """The previous probe of this process is still waiting for its answer."""
+class _Run:
+    """One run of a callable in the probe thread: when it started, how it ended."""
+
+    def __init__(self, func: Callable[[], object]) -> None:
+        self.func = func
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    @property
+    def ms(self) -> float:
+        end = self.finished if self.finished is not None else time.monotonic()
+        return round((end - self.started) * 1000, 1)
 
 
 class ProbeThread:
-    """Runs one callable at a time in one daemon thread per process.
+    """Runs the database probe in one daemon thread per process, shared by every request.
 
     The thread keeps its own Django connection between probes (a thread-local, reused for
-    CONN_MAX_AGE), and a probe stuck in PgBouncer's queue cannot pile up threads: while
-    one is still running, the next health request reports "busy" instead of queueing.
+    CONN_MAX_AGE). A request that arrives while a probe runs waits for that probe's result
+    instead of starting another, and a result stays fresh for `fresh_s`, so overlapping
+    health checks never compete for the database. Every wait ends at the running probe's
+    own deadline (`timeout_s` after it started): a probe stuck in PgBouncer's queue is
+    reported as a timeout by everyone who asks, while the one thread keeps waiting for
+    it, and no further thread or query is started until it returns.
     """
 
-    def __init__(self, func: Callable[[], object], name: str) -> None:
+    def __init__(
+        self, func: Callable[[], object], name: str, timeout_s: float, fresh_s: float
+    ) -> None:
         self._func = func
         self._name = name
+        self._timeout_s = timeout_s
+        self._fresh_s = fresh_s
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._queue: SimpleQueue = SimpleQueue()
-        self._current: Future | None = None
+        self._last: _Run | None = None
 
-    def _loop(self, queue: SimpleQueue) -> None:
+    @staticmethod
+    def _loop(queue: SimpleQueue) -> None:
         while True:
-            future, func = queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
+            run = queue.get()
             try:
-                future.set_result(func())
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
-                future.set_exception(exc)
+                run.func()
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting requests
+                run.error = exc
+            run.finished = time.monotonic()
+            run.done.set()
 
-    def submit(self, func: Callable[[], object] | None = None) -> Future:
-        """A future for one run of the callable (or `func`); ProbeBusy while one runs."""
+    def _submit(self, func: Callable[[], object]) -> _Run:
+        """Queue one run of `func`; the caller holds the lock."""
+        # started lazily, and again after a fork (gunicorn's preload_app)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._queue = SimpleQueue()
+            self._last = None
+            threading.Thread(
+                target=self._loop, args=(self._queue,), name=self._name, daemon=True
+            ).start()
+        run = _Run(func)
+        self._queue.put(run)
+        return run
+
+    def _usable(self, run: _Run | None, now: float) -> bool:
+        """Still running (so worth joining), or answered in time and recently."""
+        if run is None:
+            return False
+        if run.finished is None:
+            return True
+        answered_in_time = run.finished - run.started <= self._timeout_s
+        return answered_in_time and now - run.finished < self._fresh_s
+
+    def join(self) -> _Run:
+        """The probe running now or answered recently, else a new one started here."""
         with self._lock:
-            # started lazily, and again after a fork (gunicorn's preload_app)
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._queue = SimpleQueue()
-                self._current = None
-                threading.Thread(
-                    target=self._loop, args=(self._queue,), name=self._name, daemon=True
-                ).start()
-            if self._current is not None and not self._current.done():
-                raise ProbeBusy("the previous probe has not finished yet")
-            future: Future = Future()
-            self._current = future
-            self._queue.put((future, func or self._func))
-            return future
+            run = self._last
+            if self._pid != os.getpid() or not self._usable(run, time.monotonic()):
+                run = self._last = self._submit(self._func)
+        return run
+
+    def outcome(self, run: _Run) -> tuple[float, BaseException | None]:
+        """(ms, error) of `run`, waiting at most until its deadline (then a TimeoutError)."""
+        if not run.done.wait(max(0.0, run.started + self._timeout_s - time.monotonic())):
+            return run.ms, TimeoutError(f"no answer within {self._timeout_s:g}s")
+        return run.ms, run.error
+
+    def call(self, func: Callable[[], object], timeout_s: float) -> None:
+        """Run `func` in the probe thread, after any probe still running; raise its error."""
+        with self._lock:
+            run = self._submit(func)
+        if not run.done.wait(timeout_s):
+            raise TimeoutError(f"the probe thread did not run {func!r} within {timeout_s:g}s")
+        if run.error is not None:
+            raise run.error
 
 
 def _probe_database() -> None:
@@ -101,12 +156,17 @@ def _probe_database() -> None:
         raise
 
 
-_database_probe = ProbeThread(_probe_database, "health-database")
+_database_probe = ProbeThread(
+    _probe_database,
+    "health-database",
+    timeout_s=DATABASE_TIMEOUT_S,
+    fresh_s=DATABASE_RESULT_TTL_S,
+)
 
 
 def close_probe_connection(timeout: float = DATABASE_TIMEOUT_S) -> None:
     """Close the probe thread's database connection (tests drop their database after)."""
-    _database_probe.submit(connections.close_all).result(timeout)
+    _database_probe.call(connections.close_all, timeout)
 
 
 def _probe_cache() -> None:
@@ -156,46 +216,37 @@ def _record(name: str, ok: bool, error: BaseException | None) -> None:
 def _error_name(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "timeout"
-    if isinstance(error, ProbeBusy):
-        return "busy"
     return type(error).__name__
 
 
-def _result(name: str, started: float, error: BaseException | None) -> dict:
+def _result(name: str, ms: float, error: BaseException | None) -> dict:
     _record(name, error is None, error)
-    result: dict = {"ok": error is None, "ms": round((time.monotonic() - started) * 1000, 1)}
+    result: dict = {"ok": error is None, "ms": ms}
     if error is not None:
         # the class only: the message (hosts, users) goes to the log, not to the internet
         result["error"] = _error_name(error)
     return result
 
 
-def run_checks() -> dict:
-    """Both probes at once: the database in its thread, the cache meanwhile in this one."""
+def _probe_cache_timed() -> tuple[float, BaseException | None]:
     started = time.monotonic()
-    db_error: BaseException | None = None
-    future: Future | None = None
-    try:
-        future = _database_probe.submit()
-    except ProbeBusy as exc:
-        db_error = exc
-
-    cache_error: BaseException | None = None
+    error: BaseException | None = None
     try:
         _probe_cache()
     except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
-        cache_error = exc
-    cache_result = _result("cache", started, cache_error)
+        error = exc
+    return round((time.monotonic() - started) * 1000, 1), error
 
-    if future is not None:
-        remaining = max(0.0, DATABASE_TIMEOUT_S - (time.monotonic() - started))
-        try:
-            future.result(remaining)
-        except TimeoutError:  # concurrent.futures' TimeoutError is this one
-            db_error = TimeoutError(f"no answer within {DATABASE_TIMEOUT_S:g}s")
-        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
-            db_error = exc
-    db_result = _result("database", started, db_error)
+
+def run_checks() -> dict:
+    """Both probes at once: the database in its thread, the cache meanwhile in this one.
+
+    The database's `ms` is its probe's own duration (shared by every request that waited
+    for it or reused it), or how long it had run when this request stopped waiting.
+    """
+    database = _database_probe.join()
+    cache_result = _result("cache", *_probe_cache_timed())
+    db_result = _result("database", *_database_probe.outcome(database))
 
     checks = {"database": db_result, "cache": cache_result}
     return {

@@ -6,10 +6,11 @@ They need a role that may create the test database (the local aiia_dev role does
 from __future__ import annotations
 
 import json
+import threading
 
 from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.models import Session
-from django.test import Client, TestCase, override_settings
+from django.test import Client, SimpleTestCase, TestCase, override_settings
 
 from core import health
 from core.models import Note
@@ -98,6 +99,70 @@ class HealthTests(AppTestCase):
         secrets = health.secret_values("db-secret", "redis://u:p%40ss@redis:6379/0", "k" * 50)
         text = health.redact("auth p@ss p%40ss failed for db-secret", secrets)
         self.assertEqual(text, "auth *** *** failed for ***")
+
+
+class BlockingProbe:
+    """A probe that counts its runs and blocks until released."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.runs = 0
+        self.error = error
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> None:
+        self.runs += 1
+        self.running.set()
+        self.release.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class ProbeThreadTests(SimpleTestCase):
+    """Overlapping health checks share one database probe; a stuck one times out for all."""
+
+    def test_a_request_during_a_probe_waits_for_its_result(self):
+        func = BlockingProbe()
+        probe = health.ProbeThread(func, "test-probe", timeout_s=60, fresh_s=0)
+        first = probe.join()
+        self.assertTrue(func.running.wait(60))
+        second = probe.join()
+        self.assertIs(second, first)
+        func.release.set()
+        self.assertIsNone(probe.outcome(first)[1])
+        self.assertIsNone(probe.outcome(second)[1])
+        self.assertEqual(func.runs, 1)
+        # without a fresh period, the next request probes again
+        self.assertIsNot(probe.join(), first)
+
+    def test_a_recent_result_is_reused_failure_included(self):
+        func = BlockingProbe(error=ConnectionRefusedError("refused"))
+        func.release.set()
+        probe = health.ProbeThread(func, "test-probe", timeout_s=60, fresh_s=3600)
+        first = probe.join()
+        self.assertIsInstance(probe.outcome(first)[1], ConnectionRefusedError)
+        self.assertIs(probe.join(), first)
+        self.assertIsInstance(probe.outcome(probe.join())[1], ConnectionRefusedError)
+        self.assertEqual(func.runs, 1)
+
+    def test_a_stuck_probe_is_a_timeout_for_everyone_and_starts_nothing_more(self):
+        func = BlockingProbe()
+        probe = health.ProbeThread(func, "test-probe", timeout_s=0.05, fresh_s=3600)
+        stuck = probe.join()
+        try:
+            self.assertIsInstance(probe.outcome(stuck)[1], TimeoutError)
+            threads = threading.active_count()
+            for _ in range(20):
+                run = probe.join()
+                self.assertIs(run, stuck)
+                self.assertIsInstance(probe.outcome(run)[1], TimeoutError)
+            self.assertEqual(threading.active_count(), threads)
+            self.assertEqual(func.runs, 1)
+        finally:
+            func.release.set()
+        self.assertTrue(stuck.done.wait(60))
+        # an answer that came after the deadline is not reused: the next request probes anew
+        self.assertIsNot(probe.join(), stuck)
 
 
 class NoteApiTests(AppTestCase):

@@ -6,7 +6,11 @@ ALLOWED_HOSTS and secure cookies are all on, as behind nginx on the server.
 
 from __future__ import annotations
 
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+import requests
 
 from tests.harness.core import wait_until
 from tests.harness.django_app import DjangoApp, app_env, manage
@@ -30,9 +34,56 @@ def app(tmp_path_factory, pgbouncer_server, app_databases, redis_server):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def single_worker_app(tmp_path_factory, pgbouncer_server, app_databases, redis_server):
+    """Production settings in one worker of two threads: every probe shares one process."""
+    workdir = tmp_path_factory.mktemp("health-single-worker")
+    env = app_env(
+        "production",
+        workdir=workdir,
+        pgbouncer=pgbouncer_server,
+        database=app_databases["production"],
+        redis_server=redis_server,
+    )
+    env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="2")
+    manage(env, "migrate", "--noinput")
+    server = DjangoApp(env, workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def healthy(app: DjangoApp) -> bool:
     status, body = app.health()
     return status == 200 and body["status"] == "ok"
+
+
+def recovered(app: DjangoApp) -> bool:
+    """Four 200s in a row: no worker still serves a result from the outage (kept for 1 s)."""
+    return all(healthy(app) for _ in range(4))
+
+
+def failing_answers(app: DjangoApp, *, timeout: float) -> list[tuple[int, dict]]:
+    """Four answers in a row, none of them 200, once an outage has begun.
+
+    A worker reuses its database result for a second (DATABASE_RESULT_TTL_S): right after
+    a stop, the last good result may still be served, by either worker. Polled, bounded;
+    a request that gets no answer within the client's timeout fails the test.
+    """
+    unanswered: list[requests.RequestException] = []
+
+    def four_failing():
+        try:
+            answers = [app.health() for _ in range(4)]
+        except requests.RequestException as exc:
+            unanswered.append(exc)
+            return None
+        return answers if all(status != 200 for status, _ in answers) else None
+
+    answers = wait_until(four_failing, timeout=timeout, what="four 503 answers in a row")
+    assert not unanswered, unanswered
+    return answers
 
 
 def test_ok_with_database_and_cache(app):
@@ -46,6 +97,23 @@ def test_ok_with_database_and_cache(app):
     assert body["checks"]["cache"]["ok"] is True
     assert body["version"] == app.env["APP_VERSION"]
     assert body["environment"] == "production"
+
+
+def test_a_burst_of_concurrent_probes_is_all_200(single_worker_app):
+    """Docker, the deploy gate, nginx and the monitor may ask at once: overlapping probes
+    in one worker share the database probe instead of answering 503 "busy"."""
+    app = single_worker_app
+    assert app.logs().count("Booting worker") == 1
+
+    def probe(_: int) -> tuple[int, str]:
+        response = requests.get(f"{app.url}/health/", headers={"Host": "127.0.0.1"}, timeout=60)
+        return response.status_code, response.text
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(probe, range(200)))
+    statuses = Counter(status for status, _ in answers)
+    failures = [text for status, text in answers if status != 200][:3]
+    assert statuses == Counter({200: 200}), failures
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8000", "aiia_django_prod:8000"])
@@ -97,12 +165,11 @@ def test_503_naming_cache_while_redis_is_down(app, redis_server):
 
 
 def test_503_naming_database_while_pgbouncer_is_down(app, pgbouncer_server):
-    assert healthy(app)
+    wait_until(lambda: recovered(app), timeout=30, what="/health/ 200 before the outage")
     pgbouncer_server.stop()
     try:
         # each of the two workers probes with its own connection: ask both of them
-        for _ in range(4):
-            status, body = app.health()
+        for status, body in failing_answers(app, timeout=30):
             assert status == 503
             assert body["status"] == "fail"
             assert body["checks"]["database"]["ok"] is False
@@ -110,7 +177,7 @@ def test_503_naming_database_while_pgbouncer_is_down(app, pgbouncer_server):
             assert body["checks"]["cache"]["ok"] is True
     finally:
         pgbouncer_server.start()
-    wait_until(lambda: healthy(app), timeout=30, what="/health/ 200 after PgBouncer is back")
+    wait_until(lambda: recovered(app), timeout=30, what="/health/ 200 after PgBouncer is back")
     # the app's own request connections (CONN_MAX_AGE) recover as well
     proxied = app.get("/api/notes/", headers={"Host": "eduaiia.com", "X-Forwarded-Proto": "https"})
     assert proxied.status_code == 200
@@ -118,17 +185,16 @@ def test_503_naming_database_while_pgbouncer_is_down(app, pgbouncer_server):
 
 def test_bounded_when_pgbouncer_waits_for_a_stopped_postgres(app, postgres_server):
     """PgBouncer queues the probe's query while PostgreSQL is down: the answer still comes."""
-    assert healthy(app)
+    wait_until(lambda: recovered(app), timeout=30, what="/health/ 200 before the outage")
     postgres_server.stop()
     try:
-        for _ in range(4):
-            status, body = app.health()
+        for status, body in failing_answers(app, timeout=60):
             assert status == 503
             assert body["checks"]["database"]["ok"] is False
             assert body["checks"]["cache"]["ok"] is True
     finally:
         postgres_server.start()
-    wait_until(lambda: healthy(app), timeout=60, what="/health/ 200 after PostgreSQL is back")
+    wait_until(lambda: recovered(app), timeout=60, what="/health/ 200 after PostgreSQL is back")
     secrets_in_env = [
         app.env[k] for k in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "DJANGO_SECRET_KEY")
     ]
