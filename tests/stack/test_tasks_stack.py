@@ -272,11 +272,40 @@ def test_healthcheck_of_the_server_stack(server_checkout):
     )
 
 
-def test_migrate_and_deploy_checks_in_production(server_checkout):
+def test_migrate_superuser_and_deploy_checks_in_production(server_checkout):
     migrated = server_checkout.ok("migrate", "--env", "production")
     assert "migrate (production): manage.py migrate --noinput in django_prod" in migrated.stderr
     checked = server_checkout.ok("check", "--env", "production")
     assert "System check identified no issues" in checked.stdout
+
+    # the operator's environment holds the admin's values; nothing is in the env file
+    password = f"pw-{uuid.uuid4().hex}"
+    admin = Checkout(
+        server_checkout.path,
+        {
+            **server_checkout.env,
+            "DJANGO_SUPERUSER_USERNAME": "ops",
+            "DJANGO_SUPERUSER_EMAIL": "ops@eduaiia.com",
+            "DJANGO_SUPERUSER_PASSWORD": password,
+        },
+    )
+    created = admin.ok("superuser", "--env", "production")
+    assert "Superuser created successfully." in created.stdout
+    assert password not in created.stdout + created.stderr
+    login = subprocess.run(
+        [
+            *("docker", "exec", "-e", "PROBE_PASSWORD", SERVER_CONTAINERS["django_prod"]),
+            *("python", "manage.py", "shell", "-c"),
+            "import os; from django.contrib.auth import authenticate; "
+            "u = authenticate(username='ops', password=os.environ['PROBE_PASSWORD']); "
+            "print('LOGIN', u is not None and u.is_superuser)",
+        ],
+        env={**os.environ, "PROBE_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "LOGIN True" in login.stdout, login.stderr
 
 
 def test_monitor_once_lists_the_server_containers(server_checkout):
