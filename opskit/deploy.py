@@ -739,10 +739,10 @@ class Deployer:
             return []
         kept = cmd.parse_release_images(self.env, listed.stdout)
         log = self.r.run(history.read(self.env.history_file, 500))
-        failed = history.failed_releases(history.parse(log.stdout if log.ok else ""), self.env.name)
+        served = history.served_releases(history.parse(log.stdout if log.ok else ""), self.env.name)
         protect = [s.release, s.served_release]
         gone = []
-        for release in cmd.to_prune(kept, self.plan.keep_releases, protect, failed):
+        for release in cmd.to_prune(kept, self.plan.keep_releases, protect, served):
             if self.r.run(cmd.untag(self.env, release)).ok:
                 gone.append(release)
         return gone

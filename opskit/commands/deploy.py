@@ -936,19 +936,23 @@ def untag(env: Environment, release: str) -> list[str]:
 
 
 def to_prune(
-    releases: Sequence[str], keep: int, protect: Sequence[str], failed: Sequence[str] = ()
+    releases: Sequence[str],
+    keep: int,
+    protect: Sequence[str],
+    served: Sequence[str] | None = None,
 ) -> list[str]:
-    """Releases to untag: all but the newest `keep` that served, and the newest failed one.
+    """Releases to untag: all but the newest `keep` that served, and the newest other one.
 
-    A failed release's image stays while it is the newest failure: its migrations may need
-    reversing with its own code (`fab manage`). `protect` (the serving release and the one
-    before it) is never pruned.
+    `served` (from the deploy log) tells releases that were in service from those that
+    never were (failed, interrupted): of those only the newest keeps its image, whose code
+    may be needed to reverse its migrations (`fab manage`). `protect` (the serving release
+    and the one before it) is never pruned. Without `served`, every release counts.
     """
     ordered = sorted(releases)
-    failed_set = set(failed)
-    good = [r for r in ordered if r not in failed_set]
-    bad = [r for r in ordered if r in failed_set]
-    keep_set = set(good[-keep:] if keep > 0 else []) | set(bad[-1:]) | set(protect)
+    served_set = set(ordered if served is None else served)
+    good = [r for r in ordered if r in served_set]
+    other = [r for r in ordered if r not in served_set]
+    keep_set = set(good[-keep:] if keep > 0 else []) | set(other[-1:]) | set(protect)
     return [r for r in ordered if r not in keep_set]
 
 

@@ -92,17 +92,14 @@ def successful_releases(entries: list[Entry | Unreadable], env: str) -> list[Ent
     ]
 
 
-def failed_releases(entries: list[Entry | Unreadable], env: str) -> list[str]:
-    """Releases whose deploy failed (their images are only kept to reverse migrations)."""
-    return [
-        e.release
-        for e in entries
-        if isinstance(e, Entry)
-        and e.env == env
-        and e.action == "deploy"
-        and e.result == "failed"
-        and e.release
-    ]
+def served_releases(entries: list[Entry | Unreadable], env: str) -> list[str]:
+    """Every release that was in service: those deploys put in, and those they replaced."""
+    out: list[str] = []
+    for e in successful_releases(entries, env):
+        for release in (e.previous, e.release):
+            if release and release not in out:
+                out.append(release)
+    return out
 
 
 def previous_release(entries: list[Entry | Unreadable], env: str, current: str) -> str:

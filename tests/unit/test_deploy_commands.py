@@ -470,9 +470,9 @@ def test_prune_keeps_the_newest_and_the_protected():
     ]
     assert cmd.to_prune(kept, 2, protect=["20250101-000000-aaaaaaa"]) == ["20250102-000000"]
     assert cmd.to_prune(kept, 10, protect=[]) == []
-    # failed releases do not count as kept ones; only the newest failure keeps its image
-    failed = ["20250103-000000-ccccccc", "20250102-000000"]
-    assert cmd.to_prune(kept, 1, protect=[], failed=failed) == [
+    # releases that never served do not count; only the newest of them keeps its image
+    served = ["20250101-000000-aaaaaaa", "20250104-000000"]
+    assert cmd.to_prune(kept, 1, protect=[], served=served) == [
         "20250101-000000-aaaaaaa",
         "20250102-000000",
     ]

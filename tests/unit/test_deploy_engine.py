@@ -677,3 +677,11 @@ def test_a_connection_failing_under_a_command_is_an_answer_not_a_crash():
     ctx.run.side_effect = OSError("Socket is closed")
     res = ContextRunner(ctx, where="root@server").run(["true"])
     assert (res.exited, res.stderr) == (255, "connection to root@server failed: OSError")
+
+
+def test_stdin_goes_to_invoke_in_one_piece():
+    """invoke asks a non-terminal stream for 1 byte per read, 10 ms apart."""
+    from opskit.remote.runner import _WholeStdin
+
+    stream = _WholeStdin("KEY=" + "v" * 5000 + "\n")
+    assert len(stream.read(1)) == 5005 and stream.read(1) == ""

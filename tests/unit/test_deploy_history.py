@@ -201,4 +201,4 @@ def test_previous_release_is_what_served_before_the_current_one():
     # after a rollback to r1, the previous one is r2: rollback toggles
     assert history.previous_release(entries, "production", "r1") == "r2"
     assert history.previous_release(entries, "production", "r9") == ""
-    assert history.failed_releases(entries, "production") == ["r3"]
+    assert history.served_releases(entries, "production") == ["initial-r0", "r1", "r2"]
