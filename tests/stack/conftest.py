@@ -117,9 +117,21 @@ def server_stack(docker_engine, stack_lock, tmp_path_factory) -> Iterator[Server
                 f"the server stack was not healthy within {UP_TIMEOUT_S}s:\n"
                 f"{proc.stderr[-3000:]}\n--- logs ---\n{compose.logs()}"
             )
-        # what a deploy does next: each environment's schema, through PgBouncer
+        # what a deploy does next: each environment's schema, through PgBouncer, in a
+        # one-off container of the service (its own memory limit: an `exec` would share
+        # the serving container's, and staging's 100 MB does not hold a second Django)
         for service in ("django_prod", "django_staging"):
-            compose.run("exec", "-T", service, "python", "manage.py", "migrate", "--noinput")
+            compose.run(
+                "run",
+                "--rm",
+                "--no-deps",
+                "-T",
+                service,
+                "python",
+                "manage.py",
+                "migrate",
+                "--noinput",
+            )
         yield ServerStack(compose, http_port, https_port, ca_file, base, build_s, up_s)
     finally:
         compose.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
