@@ -484,7 +484,11 @@ class Deployer:
         except DeployError:
             raise
         except Exception as exc:  # noqa: BLE001 - any backup failure stops the deploy
-            raise DeployError(f"pre-deploy backup failed: {exc}") from None
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if not text.startswith("pre-deploy backup"):
+                text = f"pre-deploy backup failed: {text}"
+            detail = exc.result.tail() if isinstance(exc, CommandFailed) else ""
+            raise DeployError(text, detail=detail) from None
         s.backup = str(where)
         return f"verified: {where}", "ok"
 
@@ -740,6 +744,7 @@ class Deployer:
         kept = cmd.parse_release_images(self.env, listed.stdout)
         log = self.r.run(history.read(self.env.history_file, 500))
         served = history.served_releases(history.parse(log.stdout if log.ok else ""), self.env.name)
+        served.append(s.release)  # serving now; the log hears of it at the end
         protect = [s.release, s.served_release]
         gone = []
         for release in cmd.to_prune(kept, self.plan.keep_releases, protect, served):
@@ -1051,6 +1056,16 @@ def manage(
 # --- scripts/deploy.sh: the engine on the server itself ---------------------------------
 
 
+def script_backup(runner: Runner, env: cmd.Environment, settings=None) -> str:
+    """The pre-deploy backup on the server: scripts/backup.sh prints the new set's path."""
+    result = runner.check(["bash", f"{env.path}/scripts/backup.sh", env.name],
+                          what="pre-deploy backup")  # fmt: skip
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise DeployError("pre-deploy backup failed: scripts/backup.sh printed no set path")
+    return lines[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m opskit.deploy`: what scripts/deploy.sh runs in its container."""
     import argparse
@@ -1114,13 +1129,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deploy.sh: {exc}", file=sys.stderr)
             code = 2
             return code
-        hook = None
         try:
-            from opskit.remote import backup  # the backups library, once it exists
-
-            hook = getattr(backup, "predeploy", None)
+            from opskit.remote.backup import predeploy as hook
         except ImportError:
-            pass
+            # opskit.remote.backup imports fabric, which this image does not have: run
+            # what its predeploy runs, the server's scripts/backup.sh
+            hook = script_backup
         outcome = Deployer(
             runner, plan, out=lambda line: print(line, file=sys.stderr, flush=True), backup=hook
         ).run()

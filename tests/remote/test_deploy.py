@@ -219,6 +219,32 @@ def test_a_failing_migration_stops_the_deploy_before_the_switch(server, capsys):
     assert (entry["result"], entry["migrations"]) == ("failed", ["core.0002_good_step"])
 
 
+def test_a_failing_pre_deploy_backup_stops_the_deploy(server, capsys):
+    """Step 3 runs the backups library (scripts/backup.sh on the server); here it cannot
+    write its backups/ directory, which is a file."""
+    blocker = server.staging / "backups"
+    if blocker.is_dir():
+        blocker.rename(server.staging / f"backups.moved-{uuid.uuid4().hex[:6]}")
+    blocker.write_text("not a directory\n")
+    before_id = server.container_id("aiia_django_staging")
+    try:
+        args = [
+            a for a in server.deploy_args("staging", "--ref", "staging") if a != "--skip-backup"
+        ]
+        proc = server.fab(*args)
+    finally:
+        blocker.unlink()
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy (staging) whose backup fails ---", out.strip())
+    assert proc.returncode == 1, out
+    assert steps(out) == [("lock", "ok"), ("preflight", "ok"), ("backup", "FAILED"),
+                          ("unlock", "ok")]  # fmt: skip
+    assert server.container_id("aiia_django_staging") == before_id
+    entry = server.deploy_log("staging")[-1]
+    assert entry["result"] == "failed" and entry["reason"].startswith("pre-deploy backup")
+    assert entry["release"] == ""
+
+
 def test_concurrent_deploys_and_one_killed_midway(server, capsys):
     """The second deploy is refused naming the first; the first is killed (its SSH
     connection drops with it), lock-status explains the lock it left, lock-release clears
