@@ -82,7 +82,6 @@ def server_stack(docker_engine, stack_lock, tmp_path_factory) -> Iterator[Server
         "      - type: bind\n"
         f"        source: {letsencrypt}\n"
         "        target: /etc/letsencrypt\n"
-        "        read_only: true\n"
     )
     http_port, https_port = free_port(), free_port()
     compose = Compose(

@@ -230,3 +230,14 @@ def test_static_files_come_from_the_image(server_stack):
     assert resp.status == 200
     assert b"body" in resp.body
     assert resp.headers["cache-control"] == "public, max-age=2592000"
+
+
+def test_certbot_runs_in_the_nginx_container(server_stack):
+    """The guide renews with `docker exec aiia_nginx certbot renew`: read-only root, the
+    container's memory limit and all. (The test certificate has no renewal config, so
+    nothing is sent anywhere.)"""
+    proc = server_stack.exec("nginx", "certbot", "renew", "--no-random-sleep-on-renew")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No renewals were attempted" in proc.stdout + proc.stderr
+    state = container_state(SERVER_CONTAINERS["nginx"])
+    assert state["State"]["Running"] and state["RestartCount"] == 0
