@@ -148,6 +148,18 @@ def _memory(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _publish(raw: str) -> str:
+    """A compose port publication: PORT or ADDRESS:PORT."""
+    address, _, port = raw.strip().rpartition(":")
+    if address and not _is_host(address):
+        raise Invalid("expected PORT or ADDRESS:PORT, e.g. 443 or 127.0.0.1:8443")
+    try:
+        _port(port)
+    except Invalid:
+        raise Invalid("expected PORT or ADDRESS:PORT, e.g. 443 or 127.0.0.1:8443") from None
+    return raw.strip()
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.strip() not in options:
@@ -208,7 +220,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("GUNICORN_WORKERS", _int(1, 16), default="2"),
     Key("GUNICORN_THREADS", _int(1, 32), default="2"),
     Key("APP_PORT", _port, default="8000"),
-    Key("APP_MEMORY_LIMIT", _memory, default="150m"),
+    Key("DJANGO_STATIC_ROOT", _text, default=""),
+    Key("DJANGO_MEDIA_ROOT", _text, default=""),
     Key("POSTGRES_SUPERUSER_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
     Key("PGBOUNCER_AUTH_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
     Key("REDIS_ADMIN_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
@@ -232,6 +245,14 @@ SCHEMA: tuple[Key, ...] = (
     Key("S3_SECRET_ACCESS_KEY", secret=True, default=""),
     Key("S3_RETENTION_DAYS", _int(1, 3650), default="30"),
     Key("SLACK_WEBHOOK_URL", _url, secret=True, default=""),
+    # read by `docker compose` from the checkout's .env (compose/server.yml, local.yml)
+    Key("HTTP_PUBLISH", _publish, default="80"),
+    Key("HTTPS_PUBLISH", _publish, default="443"),
+    Key("DJANGO_PROD_MEMORY_LIMIT", _memory, default="144m"),
+    Key("DJANGO_STAGING_MEMORY_LIMIT", _memory, default="96m"),
+    Key("STAGING_ENV_FILE", _text, default=".env.staging"),
+    Key("EXTRA_CA_CERTS", _text, default=""),
+    Key("DEV_PORT", _port, default="8000"),
 )
 KEYS = {k.name: k for k in SCHEMA}
 SECRET_KEYS = frozenset(k.name for k in SCHEMA if k.secret)

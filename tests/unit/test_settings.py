@@ -58,6 +58,7 @@ def problems_of(path: Path, env: str = "production") -> list[str]:
 def test_complete_production_file_passes_and_masks_secrets(tmp_path):
     path = write_env(tmp_path, good_production())
     loaded = s.load("production", path)
+    assert loaded.warnings == ()  # every key of the example is declared
     assert loaded.environment == "production"
     assert loaded["POSTGRES_PORT"] == 6432
     assert loaded["DJANGO_ALLOWED_HOSTS"] == ("eduaiia.com", "www.eduaiia.com")
@@ -105,14 +106,19 @@ def test_complete_production_file_passes_and_masks_secrets(tmp_path):
             id="bad-host",
         ),
         pytest.param(
-            {"APP_MEMORY_LIMIT": "lots"},
-            r"APP_MEMORY_LIMIT: 'lots' is malformed: expected a memory size",
+            {"DJANGO_PROD_MEMORY_LIMIT": "lots"},
+            r"DJANGO_PROD_MEMORY_LIMIT: 'lots' is malformed: expected a memory size",
             id="bad-memory",
         ),
         pytest.param(
             {"SLACK_WEBHOOK_URL": "hooks.example/abc"},
             r"SLACK_WEBHOOK_URL: \*\*\* is malformed: expected an http:// or https:// URL",
             id="bad-url-stays-masked",
+        ),
+        pytest.param(
+            {"HTTPS_PUBLISH": "127.0.0.1:44x"},
+            r"HTTPS_PUBLISH: '127.0.0.1:44x' is malformed: expected PORT or ADDRESS:PORT",
+            id="bad-publish",
         ),
         pytest.param(
             {"DJANGO_DEBUG": "true"}, r"DJANGO_DEBUG: must be false in production", id="debug-on"
