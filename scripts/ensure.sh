@@ -139,9 +139,29 @@ step_base_image() {
     die "debootstrap from $mirror failed (log above); set a reachable Debian mirror in /etc/apt/sources.list"
   fi
   rm -f "$dir.log"
-  # slim like the official image: no docs, no apt lists
+  # slim like the official image: no docs, no apt lists, and apt that cleans up after
+  # itself in every later image layer (the official image's docker-clean settings)
   as_root rm -rf "$dir"/var/lib/apt/lists/* "$dir"/usr/share/doc/* "$dir"/usr/share/man/* \
-    "$dir"/var/cache/apt/*.bin
+    "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb "$dir"/usr/share/info/*
+  as_root find "$dir"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias \
+    -exec rm -rf {} +
+  as_root tee "$dir/etc/apt/apt.conf.d/docker-clean" >/dev/null <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+  as_root tee "$dir/etc/apt/apt.conf.d/docker-no-languages" >/dev/null <<'APT'
+Acquire::Languages "none";
+APT
+  as_root tee "$dir/etc/dpkg/dpkg.cfg.d/docker-no-docs" >/dev/null <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+DPKG
   as_root tar -C "$dir" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
   say "base image debian:bookworm-slim: built with debootstrap from $mirror"
 }
