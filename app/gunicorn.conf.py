@@ -6,6 +6,7 @@ so the container's root filesystem can be read-only. Command-line flags override
 file (tests bind to a loopback port with --bind).
 """
 
+import gc
 import os
 
 
@@ -62,3 +63,13 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 access_log_format = '%({x-forwarded-for}i)s %(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
+
+
+def pre_fork(server, worker):
+    """Keep what the master imported (Django, the app) shared with every worker.
+
+    Without this, the first collection in a worker writes to the headers of those objects
+    and the kernel copies their pages into the worker: gc.freeze() moves them out of the
+    collector's reach (measured: about 10 MB less per Django container after a load).
+    """
+    gc.freeze()
