@@ -14,7 +14,9 @@
 # Environment (all optional):
 #   ENV_FILE      the environment's env file (default: .env; staging: .env.staging if present)
 #   BACKUP_IMAGE  image with python3, the PostgreSQL 15 client and the toolkit's dependencies
-#                 (default: aiia/backup:latest)
+#                 (default: aiia/backup:latest, built by `docker compose build backup`)
+#   BACKUP_DIR    where the sets go (default: backups/ in the checkout)
+#   LOG_DIR       where the run logs go (default: logs/ in the checkout)
 #   MEDIA_VOLUME  a Docker volume of user uploads to archive as media.tar.gz.age
 #   NETWORK       the stack's network (default: aiia_network)
 #
@@ -27,6 +29,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BACKUP_IMAGE=${BACKUP_IMAGE:-aiia/backup:latest}
 NETWORK=${NETWORK:-aiia_network}
 MEDIA_VOLUME=${MEDIA_VOLUME:-}
+BACKUP_DIR=${BACKUP_DIR:-$ROOT/backups}
+LOG_DIR=${LOG_DIR:-$ROOT/logs}
 
 usage() { sed -n '2,/^set -o/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; }
 die() { printf 'backup.sh: %s\n' "$*" >&2; exit 2; }
@@ -52,9 +56,10 @@ docker image inspect "$BACKUP_IMAGE" >/dev/null 2>&1 \
 docker network inspect "$NETWORK" >/dev/null 2>&1 \
   || die "network $NETWORK not found: is the stack up? (docker compose -f compose/server.yml up -d)"
 
-mkdir -p "$ROOT/backups" "$ROOT/logs"
-chmod 700 "$ROOT/backups"
-LOG="$ROOT/logs/backup_${ENVIRONMENT}_$(date -u +%Y%m%d_%H%M%S).log"
+mkdir -p "$BACKUP_DIR" "$LOG_DIR"
+chmod 700 "$BACKUP_DIR"
+BACKUP_DIR=$(realpath "$BACKUP_DIR")
+LOG="$LOG_DIR/backup_${ENVIRONMENT}_$(date -u +%Y%m%d_%H%M%S).log"
 
 media=()
 if [ -n "$MEDIA_VOLUME" ]; then
@@ -66,13 +71,15 @@ if [ -n "$MEDIA_VOLUME" ]; then
 fi
 
 # The code comes from this checkout (read-only), so the image needs only the dependencies.
+# Hardened like the `backup` service of compose/server.yml: keep the two in step.
 status=0
 docker run --rm --name "aiia_backup_${ENVIRONMENT}" --network "$NETWORK" \
+  --security-opt no-new-privileges:true --cap-drop ALL \
   --memory 96m --read-only --tmpfs /tmp:size=16m \
   --user "$(id -u):$(id -g)" \
   -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
   -v "$(realpath "$ENV_FILE"):/run/aiia/env:ro" \
-  -v "$ROOT/backups:/backups" \
+  -v "$BACKUP_DIR:/backups" \
   "${media[@]}" \
   "$BACKUP_IMAGE" \
   python3 -m opskit.backup backup --env "$ENVIRONMENT" --env-file /run/aiia/env \
