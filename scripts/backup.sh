@@ -52,9 +52,9 @@ ENV_FILE=${ENV_FILE:-$default_env_file}
 command -v docker >/dev/null 2>&1 || die "docker not found: install Docker (the server needs only Docker, Compose v2 and git)"
 docker info >/dev/null 2>&1 || die "the Docker engine does not answer: start it (systemctl start docker) and run again"
 docker image inspect "$BACKUP_IMAGE" >/dev/null 2>&1 \
-  || die "image $BACKUP_IMAGE not found: build it (docker compose -f compose/server.yml build backup) or set BACKUP_IMAGE"
+  || die "image $BACKUP_IMAGE not found: build it from the checkout (docker compose build backup) or set BACKUP_IMAGE"
 docker network inspect "$NETWORK" >/dev/null 2>&1 \
-  || die "network $NETWORK not found: is the stack up? (docker compose -f compose/server.yml up -d)"
+  || die "network $NETWORK not found: is the stack up? (docker compose up -d, from the checkout)"
 
 mkdir -p "$BACKUP_DIR" "$LOG_DIR"
 chmod 700 "$BACKUP_DIR"
