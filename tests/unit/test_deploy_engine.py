@@ -685,3 +685,24 @@ def test_stdin_goes_to_invoke_in_one_piece():
 
     stream = _WholeStdin("KEY=" + "v" * 5000 + "\n")
     assert len(stream.read(1)) == 5005 and stream.read(1) == ""
+
+
+def test_a_dry_run_reads_but_changes_nothing():
+    outcome, ctx, lines = deploy(Server(), dry_run=True)
+    assert outcome.ok, "\n".join(lines)
+    sent = commands(ctx)
+    mutating = (
+        "docker run",
+        "docker tag",
+        "docker pull",
+        "docker rm",
+        "docker stop",
+        "docker rename",
+        "docker exec -i",
+        "nginx -s reload",
+        "git fetch",
+    )
+    assert not [c for c in sent if c.startswith(mutating) or "nginx -s reload" in c]
+    assert join(Lock(PROD.lock_dir).acquire()) not in sent
+    assert "would run (release id and image shown as placeholders):" in lines
+    assert any(line.startswith("  docker pull --quiet " + IMAGE) for line in lines)
