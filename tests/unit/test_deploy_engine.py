@@ -706,3 +706,15 @@ def test_a_dry_run_reads_but_changes_nothing():
     assert join(Lock(PROD.lock_dir).acquire()) not in sent
     assert "would run (release id and image shown as placeholders):" in lines
     assert any(line.startswith("  docker pull --quiet " + IMAGE) for line in lines)
+
+
+def test_rollback_to_a_release_whose_image_is_gone_says_what_is_kept():
+    server = Server()
+    server.answers[join(cmd.release_images(PROD))] = ok(f"production-{RELEASE}\ti\n")
+    p = engine.Plan(env=PROD, action="rollback", to_release="20240101-000000", who="a",
+                    stack_file=STACK)  # fmt: skip
+    lines: list[str] = []
+    outcome = engine.Deployer(ContextRunner(server.context()), p, out=lines.append,
+                              now=lambda: STARTED).run()  # fmt: skip
+    assert outcome.reason == "release 20240101-000000 has no image on the server any more"
+    assert f"      | kept: {RELEASE}" in lines
