@@ -75,7 +75,7 @@ fi
 status=0
 docker run --rm --name "aiia_backup_${ENVIRONMENT}" --network "$NETWORK" \
   --security-opt no-new-privileges:true --cap-drop ALL \
-  --memory 96m --read-only --tmpfs /tmp:size=16m \
+  --memory 64m --read-only --tmpfs /tmp:size=16m \
   --user "$(id -u):$(id -g)" \
   -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
   -v "$(realpath "$ENV_FILE"):/run/aiia/env:ro" \
