@@ -801,19 +801,25 @@ class Deployer:
             why=p.why,
         )
         notes = []
+        status = "ok"
         if s.locked:
             released = self.r.run(self.lock.release())
-            notes.append(
-                "lock released" if released.ok else f"lock NOT released: {released.tail(1)}"
-            )
+            if released.ok:
+                notes.append("lock released")
+            else:
+                status = "FAILED"
+                notes.append(
+                    f"lock NOT released ({released.tail(1)}): see "
+                    f"`fab lock-status --env {self.env.name}`"
+                )
         recorded = self.r.run(history.append(self.env.history_file), stdin=entry.to_line())
-        notes.append(
-            f"recorded in {self.env.history_file}"
-            if recorded.ok
-            else f"could not record: {recorded.tail(1)}"
-        )
+        if recorded.ok:
+            notes.append(f"recorded in {self.env.history_file}")
+        else:
+            status = "FAILED"
+            notes.append(f"could not record in {self.env.history_file}: {recorded.tail(1)}")
         if not locked_out:
-            self._line(n, "unlock", "ok", self.clock() - t, "; ".join(notes))
+            self._line(n, "unlock", status, self.clock() - t, "; ".join(notes))
         result = "done" if ok else "FAILED"
         self.say(
             f"{p.action} {self.env.name} {result} in {seconds:.1f}s"

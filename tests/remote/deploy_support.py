@@ -280,8 +280,9 @@ class DeployServer:
             self.fab_argv(*args), cwd=ROOT, check=False, timeout=timeout, env=self.fab_env(**extra)
         )
 
-    def deploy_args(self, env: str, *args: str) -> list[str]:
-        return ["deploy", "--env", env, "--path", str(self.path(env)), "--skip-backup",
+    def deploy_args(self, env: str, *args: str, backup: bool = False) -> list[str]:
+        skip = [] if backup else ["--skip-backup"]
+        return ["deploy", "--env", env, "--path", str(self.path(env)), *skip,
                 "--extra-ca", host_ca_bundle(), *args]  # fmt: skip
 
     def https(self, host: str, path: str = "/health/", timeout: float = 10) -> tuple[int, dict]:
@@ -329,6 +330,8 @@ def start_stack(base: Path, project: str, prod: Path, http_port: int, https_port
     compose = ["docker", "compose", "-p", project, "--project-directory", str(prod), "-f",
                str(prod / "docker-compose.yml")]  # fmt: skip
     run([*compose, "build"], env=env, timeout=1800)
+    # the pre-deploy backup's image (a `tools` profile service: built when named)
+    run([*compose, "build", "backup"], env=env, timeout=1800)
     up = run([*compose, "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S)], env=env,
              check=False, timeout=UP_TIMEOUT_S + 120)  # fmt: skip
     if up.returncode != 0:

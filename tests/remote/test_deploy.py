@@ -63,9 +63,10 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
     try:
         with ds.Load(server, ds.PROD_HOST) as load, ds.MemorySampler() as memory:
             proc = server.fab(
-                *server.deploy_args("production", "--image", v2_image, "--why", "release v2"),
+                *server.deploy_args("production", "--image", v2_image, "--why", "release v2",
+                                    backup=True),
                 SLACK_WEBHOOK_URL=hook.url.reveal(),
-            )
+            )  # fmt: skip
             # the loop goes on a little after the deploy, on the new release alone
             time.sleep(2)
     finally:
@@ -75,7 +76,7 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
            memory.report())  # fmt: skip
     assert proc.returncode == 0, out
     assert steps(out) == [
-        ("lock", "ok"), ("preflight", "ok"), ("backup", "skipped"), ("image", "ok"),
+        ("lock", "ok"), ("preflight", "ok"), ("backup", "ok"), ("image", "ok"),
         ("migrate", "ok"), ("release", "ok"), ("switch", "ok"), ("unlock", "ok"),
     ]  # fmt: skip
     assert load.failures == [], load.failures[:10]
@@ -106,6 +107,11 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
     assert any(n.startswith("aiia_django_prod_") for n in memory.peak_at), memory.report()
     entry = server.deploy_log("production")[-1]
     assert (entry["result"], entry["image"], entry["why"]) == ("ok", v2_image, "release v2")
+    # the backups library took and verified a set before anything changed
+    backup = Path(entry["backup"])
+    assert backup.name.startswith("db_prod_")
+    assert (server.prod / "backups" / backup.name / "MANIFEST.txt").is_file()
+    assert "[3/8] backup     ok" in out and f"verified: {entry['backup']}" in out
     assert [body["text"] for _, _, body in hook.received][-1].startswith(
         ":white_check_mark: production deploy by"
     )
@@ -227,10 +233,7 @@ def test_a_failing_pre_deploy_backup_stops_the_deploy(server, capsys):
     blocker.write_text("not a directory\n")
     before_id = server.container_id("aiia_django_staging")
     try:
-        args = [
-            a for a in server.deploy_args("staging", "--ref", "staging") if a != "--skip-backup"
-        ]
-        proc = server.fab(*args)
+        proc = server.fab(*server.deploy_args("staging", "--ref", "staging", backup=True))
     finally:
         blocker.unlink()
     out = proc.stdout + proc.stderr

@@ -718,3 +718,12 @@ def test_rollback_to_a_release_whose_image_is_gone_says_what_is_kept():
                               now=lambda: STARTED).run()  # fmt: skip
     assert outcome.reason == "release 20240101-000000 has no image on the server any more"
     assert f"      | kept: {RELEASE}" in lines
+
+
+def test_a_lock_that_cannot_be_released_is_said_so():
+    server = Server()
+    server.answers[join(Lock(PROD.lock_dir).release())] = fail("rmdir: Directory not empty")
+    outcome, _, lines = deploy(server)
+    (line,) = [x for x in lines if x.startswith("[8/8]")]
+    assert line.split()[2] == "FAILED"
+    assert "lock NOT released (rmdir: Directory not empty): see `fab lock-status" in line
