@@ -111,7 +111,7 @@ def dev_bash(c):
 
 @task(help={"no-cache": "build every layer again", "dry-run": DRY_HELP})
 def build_dev(c, no_cache=False, dry_run=False):
-    """Build the development image (aiia-app:dev) of the local stack."""
+    """Build the development image (aiia/app:dev) of the local stack."""
     with in_root(c, project_root()):
         run(c, LOCAL.build([DJANGO], no_cache=no_cache), dry_run=dry_run)
 
