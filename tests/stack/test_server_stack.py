@@ -26,8 +26,14 @@ from tests.stack.stackkit import (
 
 MIB = 1024 * 1024
 BUDGET_MB = 512
-# the guide's "stable at 480MB under normal load", daemons included (DESIGN.md)
+# the guide's "stable at 480MB under normal load", daemons included (DESIGN.md). The
+# daemons' share is what DESIGN.md measured on an idle engine (dockerd about 90 MB,
+# containerd about 40) plus the six shims (about 30 MB PSS, docs/server.md): what the
+# daemons take on the engine running the test depends on everything it did before
+# (dockerd grows with every build: 86 MB fresh, 160 MB after a test session's builds),
+# so the test holds the containers to their share and prints the whole total.
 LOAD_TOTAL_MB = 480
+DAEMONS_ON_A_SERVER_MB = 90 + 40 + 30
 # the capabilities each service gets back after `cap_drop: ALL`
 CAP_ADD = {"nginx": {"NET_BIND_SERVICE", "SETUID", "SETGID", "CHOWN"}}
 # processes that start as root and drop privileges themselves: nginx's master binds 80
@@ -69,7 +75,15 @@ def test_memory_at_idle_and_under_load(server_stack):
     for name in SERVER_CONTAINERS.values():
         state = container_state(name)
         assert not state["State"]["OOMKilled"] and state["RestartCount"] == 0, name
-    assert doc["load"]["total_mb"] <= LOAD_TOTAL_MB, "over the guide's 480 MB under load"
+    containers_share = LOAD_TOTAL_MB - DAEMONS_ON_A_SERVER_MB
+    assert doc["load"]["containers_mb"] <= containers_share, (
+        f"containers take {doc['load']['containers_mb']} MB under load, over their "
+        f"{containers_share} MB share of the guide's 480 MB"
+    )
+    print(
+        f"under load: containers {doc['load']['containers_mb']} MB (share {containers_share}),"
+        f" with this engine's daemons {doc['load']['total_mb']} MB of {LOAD_TOTAL_MB}"
+    )
 
 
 def test_every_container_is_healthy(server_stack):
