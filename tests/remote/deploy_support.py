@@ -16,7 +16,6 @@ fixed), so whoever brings one up holds an fcntl lock on /tmp/aiia-stack.lock.
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import json
 import os
@@ -35,19 +34,17 @@ from pathlib import Path
 from opskit.commands import deploy as cmd
 from tests.harness.core import (
     ROOT,
-    PrerequisiteError,
     Service,
     free_port,
     require_binary,
     wait_for_port,
 )
 from tests.stack.stackkit import (
-    LOCK_PATH,
-    LOCK_WAIT_S,
     TEST_PROJECT_PREFIX,
     env_from_example,
     host_ca_bundle,
     remove_leftover_test_stacks,
+    stack_lock,
     write_private,
 )
 
@@ -83,29 +80,6 @@ def run(argv, *, cwd=None, check=True, timeout=600, env=None, input=None):
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
     return proc
-
-
-@contextmanager
-def stack_lock() -> Iterator[None]:
-    """The engine-wide lock of whoever runs a server stack with the guide's names."""
-    LOCK_PATH.touch(exist_ok=True)
-    with open(LOCK_PATH, "a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PrerequisiteError(
-                        f"{LOCK_PATH} stayed locked for {LOCK_WAIT_S}s: another server "
-                        "stack runs on this engine"
-                    ) from None
-                time.sleep(2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- the origin repository and new versions of the app ------------------------------------

@@ -9,18 +9,15 @@ tears down what it started, volumes included. Images stay cached.
 
 from __future__ import annotations
 
-import fcntl
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.core import ROOT, PrerequisiteError, free_port
+from tests.harness.core import ROOT, free_port
 from tests.stack.stackkit import (
     BUILD_TIMEOUT_S,
-    LOCK_PATH,
-    LOCK_WAIT_S,
     SERVER_COMPOSE,
     TEST_PROJECT_PREFIX,
     UP_TIMEOUT_S,
@@ -32,29 +29,16 @@ from tests.stack.stackkit import (
     remove_leftover_test_stacks,
     write_private,
 )
+from tests.stack.stackkit import (
+    stack_lock as hold_stack_lock,
+)
 
 
 @pytest.fixture(scope="session")
 def stack_lock() -> Iterator[None]:
     """The engine-wide lock of whoever runs a server stack with the guide's names."""
-    LOCK_PATH.touch(exist_ok=True)
-    with open(LOCK_PATH, "a") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PrerequisiteError(
-                        f"{LOCK_PATH} stayed locked for {LOCK_WAIT_S}s: another server "
-                        "stack runs on this engine"
-                    ) from None
-                time.sleep(2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with hold_stack_lock():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ Python's ssl module uses here.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -15,6 +16,9 @@ import secrets
 import socket
 import ssl
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,3 +258,26 @@ def dockerfiles() -> list[Path]:
         ):
             found.append(path)
     return sorted(found)
+
+
+@contextmanager
+def stack_lock() -> Iterator[None]:
+    """The engine-wide lock of whoever runs a server stack with the guide's names."""
+    LOCK_PATH.touch(exist_ok=True)
+    with open(LOCK_PATH, "a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PrerequisiteError(
+                        f"{LOCK_PATH} stayed locked for {LOCK_WAIT_S}s: another server "
+                        "stack runs on this engine"
+                    ) from None
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
