@@ -8,6 +8,7 @@ file and what to do.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
 import stat
@@ -322,7 +323,7 @@ def _example_for(environment: str) -> str:
     return EXAMPLES.get(environment, EXAMPLES["production"])
 
 
-def _syntax_problems(text: str, environment: str) -> list[Problem]:
+def _syntax_problems(text: str) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), start=1):
@@ -353,7 +354,7 @@ def validate(raw: Mapping[str, str | None], environment: str, *, text: str = "")
     if environment not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {environment!r}: use {', '.join(ENVIRONMENTS)}")
     example = _example_for(environment)
-    problems = _syntax_problems(text, environment) if text else []
+    problems = _syntax_problems(text) if text else []
     warnings: list[str] = []
     values: dict[str, object] = {}
     server = environment in SERVER_ENVS
@@ -470,7 +471,8 @@ def load(
         raise SettingsError(
             shown, [Problem("(file)", "is not UTF-8 text", "save the file as UTF-8")]
         ) from None
-    raw = {k: v for k, v in dotenv_values(path, interpolate=False).items()}
+    # parse the text already read: one read, and the checks see what was parsed
+    raw = dict(dotenv_values(stream=io.StringIO(text), interpolate=False))
     raw.update(overrides or {})
     try:
         settings = validate(raw, environment, text=text)
