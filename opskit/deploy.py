@@ -528,7 +528,7 @@ class Deployer:
         s.image = env.release_image(s.release)
         s.build_dir = f"{env.build_dir}/{s.release}"
         self.r.check(cmd.git_archive(env.path, s.commit, s.build_dir), what="git archive")
-        spec = cmd.build_spec(s.build_dir, s.image, s.version, p.extra_ca)
+        spec = cmd.build_spec(s.build_dir, s.image, s.version, p.extra_ca, s.commit)
         built = self.r.run(cmd.compose_build(s.build_dir), stdin=spec, timeout=3600)
         self.r.run(cmd.remove_build_dir(s.build_dir))
         s.build_dir = ""

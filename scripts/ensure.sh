@@ -47,7 +47,7 @@ apt_install() {
 PACKAGES=(
   ca-certificates curl git openssl procps iproute2
   postgresql-15 postgresql-client-15 pgbouncer redis-server nginx-light apache2-utils
-  age openssh-server openssh-client debootstrap shellcheck wrk docker-registry cron
+  age openssh-server openssh-client debootstrap shellcheck wrk nghttp2-client docker-registry cron
   gettext-base sslscan
   pebble certbot
 )

@@ -297,8 +297,13 @@ def compose_escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
-def build_spec(context: str, image: str, version: str, extra_ca: str | None = None) -> str:
+def build_spec(
+    context: str, image: str, version: str, extra_ca: str | None = None, revision: str = ""
+) -> str:
     """A compose file (JSON is YAML) that builds the application image of a checkout.
+
+    `revision`, the commit built, becomes the image's org.opencontainers.image.revision
+    label, as compose/release.yml gives it to the images CI builds.
 
     Compose, not `docker build`: its BuildKit client supports the build secret the
     Dockerfile uses for an extra CA (compose/app/Dockerfile) on any engine.
@@ -313,7 +318,10 @@ def build_spec(context: str, image: str, version: str, extra_ca: str | None = No
                     "context": compose_escape(context),
                     "dockerfile": "compose/app/Dockerfile",
                     "target": "prod",
-                    "args": {"APP_VERSION": compose_escape(version)},
+                    "args": {
+                        "APP_VERSION": compose_escape(version),
+                        "REVISION": compose_escape(revision or "unknown"),
+                    },
                     "secrets": ["extra_ca"],
                 },
             }

@@ -182,7 +182,10 @@ class Registry:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(ctx)], input=tree, check=True)
         image = f"{self.address}/aiia/app:{tag}"
-        spec = cmd.build_spec(str(ctx), image, tag, host_ca_bundle())
+        revision = run(
+            ["git", "--git-dir", origin, "rev-parse", f"{tag}^{{commit}}"]
+        ).stdout.strip()
+        spec = cmd.build_spec(str(ctx), image, tag, host_ca_bundle(), revision)
         run(cmd.compose_build(str(ctx)), input=spec, timeout=1800)
         run(["docker", "push", "--quiet", image], timeout=600)
         # the server pulls it: nothing of it is left here but shared layers

@@ -222,7 +222,10 @@ def test_build_spec_escapes_dollars_and_builds_the_prod_target():
     build = data["services"]["app"]["build"]
     assert build["context"] == "/srv/b $$x"
     assert build["target"] == "prod"
-    assert build["args"] == {"APP_VERSION": "v$$(id)"}
+    assert build["args"] == {"APP_VERSION": "v$$(id)", "REVISION": "unknown"}
+    commit = "a" * 40
+    with_revision = json.loads(cmd.build_spec("/srv/b", "aiia/app:x", "v1", None, commit))
+    assert with_revision["services"]["app"]["build"]["args"]["REVISION"] == commit
     assert data["secrets"]["extra_ca"]["file"] == "/srv/b $$x/compose/app/no-extra-ca.pem"
     assert cmd.compose_build("/srv/b") == [
         "docker",
