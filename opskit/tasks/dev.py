@@ -6,7 +6,8 @@ import shutil
 
 from invoke import Collection, Exit, task
 
-from opskit.commands.compose import LOCAL
+from opskit.commands import django as dj
+from opskit.commands.compose import LOCAL, target
 from opskit.tasks import setup as setup_tasks
 from opskit.tasks._common import DRY_HELP, ask, in_root, interactive, project_root, run, say
 
@@ -52,12 +53,22 @@ def dev(c, port=8000, build=True, dry_run=False):
     with in_root(c, root):
         env = {"DEV_PORT": str(port)}
         result = run(c, LOCAL.up(build=build, wait=True), env=env, dry_run=dry_run, warn=True)
+        if result is not None and not result.ok:
+            raise Exit(
+                f"dev: the local stack did not come up (exit {result.exited}; output above). "
+                f"Port {port} taken? try `inv dev --port 9000`; the logs: `inv dev-logs`",
+                code=result.exited or 1,
+            )
+        # `up --wait` returned once PostgreSQL was healthy: migrate now, so the app's
+        # pages work at once (as cookiecutter-django's start script does)
+        say("dev: applying migrations")
+        result = run(c, target("local").manage(dj.migrate()), dry_run=dry_run, warn=True)
     if result is None:
         return
     if not result.ok:
         raise Exit(
-            f"dev: the local stack did not come up (exit {result.exited}; output above). "
-            f"Port {port} taken? try `inv dev --port 9000`; the logs: `inv dev-logs`",
+            f"dev: the stack is up but migrate failed (exit {result.exited}; output above); "
+            "fix the migration, then `inv migrate`",
             code=result.exited or 1,
         )
     print(f"Django: http://localhost:{port}\nAdmin:  http://localhost:{port}/admin")

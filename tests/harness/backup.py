@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,14 @@ import pytest
 from opskit.backup.commands import PgConn
 from opskit.backup.pipeline import BackupSpec
 from opskit.shell import Secret
-from tests.harness.core import PrerequisiteError, Service, free_port, require_binary, wait_until
+from tests.harness.core import (
+    PrerequisiteError,
+    Service,
+    free_port,
+    require_binary,
+    venv_tool,
+    wait_until,
+)
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -216,15 +221,7 @@ class S3Endpoint:
 
 
 def _moto_server_binary() -> str:
-    venv = Path(sys.executable).parent / "moto_server"
-    if venv.exists():
-        return str(venv)
-    found = shutil.which("moto_server")
-    if not found:
-        raise PrerequisiteError(
-            "moto_server is missing: run scripts/ensure.sh python (moto[server] in the test extra)"
-        )
-    return found
+    return venv_tool("moto_server")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,6 +68,18 @@ def ensure(*what: str) -> None:
             f"scripts/ensure.sh {' '.join(what)} failed (exit {proc.returncode}):\n"
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
+
+
+def venv_tool(name: str) -> str:
+    """A console script of the virtualenv the tests run in (never PATH's: .venv/bin may not
+    be on it, and another install of the same tool may be)."""
+    path = Path(sys.executable).parent / name
+    if not os.access(path, os.X_OK):
+        raise PrerequisiteError(
+            f"{name} is missing from {path.parent}: scripts/ensure.sh test installs the "
+            "project with its test extra into .venv"
+        )
+    return str(path)
 
 
 def require_binary(name: str, *ensure_args: str) -> str:

@@ -37,6 +37,7 @@ from tests.harness.core import (
     Service,
     free_port,
     require_binary,
+    venv_tool,
     wait_for_port,
 )
 from tests.stack.stackkit import (
@@ -241,7 +242,7 @@ class DeployServer:
 
     def fab_argv(self, *args: str) -> list[str]:
         return [
-            str(ROOT / ".venv" / "bin" / "fab"),
+            venv_tool("fab"),
             "-H", f"{self.ssh.user}@{self.ssh.host}:{self.ssh.port}",
             "-i", self.ssh.key_filename,
             *args,

@@ -18,7 +18,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.harness.core import ROOT, require_binary, wait_until
+from tests.harness.core import ROOT, require_binary, venv_tool, wait_until
 from tests.harness.native import NginxServer, _world_tmpdir, make_nginx
 
 PROD, WWW, STAGING, STATUS = (
@@ -277,12 +276,9 @@ def test_render_refuses(tmp_path, env, message):
 
 
 def gixy(conf: Path) -> list[dict]:
-    exe = Path(sys.executable).with_name("gixy")
-    if not exe.exists():
-        found = shutil.which("gixy")
-        assert found, "gixy-ng is missing: scripts/ensure.sh python installs the test extra"
-        exe = Path(found)
-    proc = subprocess.run([str(exe), "-f", "json", str(conf)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [venv_tool("gixy"), "-f", "json", str(conf)], capture_output=True, text=True
+    )
     assert proc.stdout.strip().startswith("["), proc.stderr
     return json.loads(proc.stdout)
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.harness.core import ROOT, PrerequisiteError
+from tests.harness.core import ROOT, venv_tool
 from tests.stack.stackkit import (
     LOCAL_COMPOSE,
     SERVER_COMPOSE,
@@ -65,12 +63,7 @@ def test_every_dockerfile_starts_from_the_one_debian_base():
 
 
 def hadolint() -> str:
-    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(found).exists():
-        raise PrerequisiteError(
-            "hadolint missing: it comes with the test extra (scripts/ensure.sh python)"
-        )
-    return found
+    return venv_tool("hadolint")
 
 
 @pytest.mark.parametrize("dockerfile", dockerfiles(), ids=lambda p: str(p.relative_to(ROOT)))

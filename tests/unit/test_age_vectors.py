@@ -1,4 +1,4 @@
-"""opskit.backup.age against the C2SP age conformance vectors (../shared/age-testkit/).
+"""opskit.backup.age against the C2SP age conformance vectors (tests/fixtures/age-vectors/).
 
 Each vector must end with the right outcome (success or the right kind of failure) and
 release exactly the plaintext the vector expects: on a payload failure, the chunks
@@ -19,7 +19,7 @@ from opskit.backup import age
 
 pytestmark = pytest.mark.unit
 
-TESTKIT = Path(__file__).resolve().parents[2] / ".." / "shared" / "age-testkit"
+TESTKIT = Path(__file__).resolve().parents[1] / "fixtures" / "age-vectors"
 POST_QUANTUM_PREFIX = "AGE-SECRET-KEY-PQ-"
 POST_QUANTUM_REASON = "post-quantum hybrid identities (AGE-SECRET-KEY-PQ-) are not implemented"
 EXPECTED_POST_QUANTUM_VECTORS = 19
@@ -78,8 +78,8 @@ VECTOR_FILES = vector_files()
 
 def test_testkit_is_present():
     assert TESTKIT.is_dir(), (
-        f"age conformance vectors not found at {TESTKIT.resolve()}: the shared testkit must "
-        "sit next to the project as ../shared/age-testkit/"
+        f"age conformance vectors not found at {TESTKIT}: the project carries them in "
+        "tests/fixtures/age-vectors/ (restore it with git checkout)"
     )
     assert len(VECTOR_FILES) == EXPECTED_VECTORS, [p.name for p in VECTOR_FILES]
 
@@ -95,7 +95,7 @@ def test_skipped_vectors_are_exactly_the_post_quantum_ones(record_property):
 def test_vector(path: Path):
     vector = load_vector(path)
     if vector.post_quantum:
-        pytest.skip(POST_QUANTUM_REASON)
+        pytest.skip(f"{vector.name}: {POST_QUANTUM_REASON}")
     expect = vector.first("expect")
     assert expect in OUTCOMES, f"{vector.name}: unknown expectation {expect!r}"
     expected_error = OUTCOMES[expect]

@@ -25,6 +25,8 @@ sys.path.insert(0, str(APP))
 from aiia import env as appenv  # noqa: E402 - app/ is not an installed package
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 
+from tests.harness.core import venv_tool  # noqa: E402
+
 # every key the env files use, plus the ones the app reads beyond them
 KEYS = {k for f in CONFIG.glob("*.env.example") for k in dotenv_values(f)} | {
     "APP_VERSION",
@@ -362,7 +364,7 @@ def test_gunicorn_config_refuses_a_bad_number(environ):
 
 def test_gunicorn_check_config_passes(tmp_path):
     proc = subprocess.run(
-        ["gunicorn", "-c", str(APP / "gunicorn.conf.py"), "--check-config"],
+        [venv_tool("gunicorn"), "-c", str(APP / "gunicorn.conf.py"), "--check-config"],
         cwd=tmp_path,
         env=subprocess_env(tmp_path, example_env("prod")),
         capture_output=True,
@@ -374,7 +376,7 @@ def test_gunicorn_check_config_passes(tmp_path):
 def test_gunicorn_check_config_fails_on_a_placeholder_secret(tmp_path):
     env = subprocess_env(tmp_path, {**example_env("prod"), "DJANGO_SECRET_KEY": "CHANGE_ME"})
     proc = subprocess.run(
-        ["gunicorn", "-c", str(APP / "gunicorn.conf.py"), "--check-config"],
+        [venv_tool("gunicorn"), "-c", str(APP / "gunicorn.conf.py"), "--check-config"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

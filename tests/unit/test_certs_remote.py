@@ -22,6 +22,7 @@ from invoke import Exit
 
 from opskit.remote import certs as remote_certs
 from opskit.shell import join
+from tests.harness.core import venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("eduaiia.com", "www.eduaiia.com", "staging.eduaiia.com", "devstatus.eduaiia.com")
@@ -94,7 +95,7 @@ NEW = pem(89.9, 0xB2)
 
 
 def test_fab_lists_the_certificate_tasks_with_their_options():
-    fab = str(ROOT / ".venv" / "bin" / "fab")
+    fab = venv_tool("fab")
     listed = subprocess.run([fab, "--list"], cwd=ROOT, capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[0] for line in listed.stdout.splitlines() if line.startswith("  ")]

@@ -20,6 +20,7 @@ from opskit.remote import deploy as remote_deploy
 from opskit.remote import history
 from opskit.remote import lock as remote_lock
 from opskit.shell import join
+from tests.harness.core import venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD = cmd.environment("production")
@@ -27,9 +28,7 @@ HELD = LockDetails("bob@ci", "2025-01-01T11:00:00+00:00", "production", "deploy"
 
 
 def test_fab_list_shows_every_task_with_its_help():
-    res = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "fab"), "--list"], cwd=ROOT, capture_output=True, text=True
-    )
+    res = subprocess.run([venv_tool("fab"), "--list"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     names = [
         line.split()[0]
@@ -48,7 +47,7 @@ def test_fab_list_shows_every_task_with_its_help():
     ):
         assert task in names
     help_ = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "fab"), "--help", "deploy"],
+        [venv_tool("fab"), "--help", "deploy"],
         cwd=ROOT,
         capture_output=True,
         text=True,

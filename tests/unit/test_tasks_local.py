@@ -142,16 +142,17 @@ def test_clean_dry_run(project, capsys):
 # --- the local stack -------------------------------------------------------------------
 
 UP = f"{COMPOSE_LOCAL} up --detach --build --wait"
+MIGRATE = f"{COMPOSE_LOCAL} exec -T django python manage.py migrate --noinput"
 PROBES = ("docker info", "docker compose version", "docker image inspect debian:bookworm-slim")
 
 
 def test_dev_creates_env_then_starts_the_stack_on_the_windows_port(project, monkeypatch, capsys):
     monkeypatch.setattr(dev.shutil, "which", lambda name: f"/usr/bin/{name}")
-    c = context(*PROBES, UP)
+    c = context(*PROBES, UP, MIGRATE)
     dev.dev(c, port=9000)
     assert (project / ".env").is_file()
-    assert ran(c) == [*PROBES, UP]
-    assert c.run.call_args_list[-1].kwargs["env"] == {"DEV_PORT": "9000"}
+    assert ran(c) == [*PROBES, UP, MIGRATE]
+    assert c.run.call_args_list[-2].kwargs["env"] == {"DEV_PORT": "9000"}
     out = capsys.readouterr()
     assert "Django: http://localhost:9000" in out.out
     assert "no .env yet: creating it first (inv setup)" in out.err
@@ -160,10 +161,10 @@ def test_dev_creates_env_then_starts_the_stack_on_the_windows_port(project, monk
 def test_dev_installs_docker_when_missing(project, monkeypatch):
     monkeypatch.setattr(dev.shutil, "which", lambda name: None)
     ensure = "bash scripts/ensure.sh docker compose base-image"
-    c = context(ensure, UP)
+    c = context(ensure, UP, MIGRATE)
     dev.dev(c)
-    assert ran(c) == [ensure, UP]
-    assert c.run.call_args_list[-1].kwargs["env"] == {"DEV_PORT": "8000"}
+    assert ran(c) == [ensure, UP, MIGRATE]
+    assert c.run.call_args_list[-2].kwargs["env"] == {"DEV_PORT": "8000"}
 
 
 def test_dev_installs_only_the_missing_base_image(project, monkeypatch):
@@ -173,16 +174,21 @@ def test_dev_installs_only_the_missing_base_image(project, monkeypatch):
         *PROBES[:2],
         "bash scripts/ensure.sh base-image",
         UP,
+        MIGRATE,
         failing={PROBES[2]: missing},
     )
     dev.dev(c)
-    assert ran(c) == [*PROBES, "bash scripts/ensure.sh base-image", UP]
+    assert ran(c) == [*PROBES, "bash scripts/ensure.sh base-image", UP, MIGRATE]
 
 
 def test_dev_dry_run_runs_nothing(project, capsys):
     dev.dev(nothing_runs(), port=9000, dry_run=True)
     out = capsys.readouterr().out.splitlines()
-    assert out == ["bash scripts/ensure.sh docker compose base-image", f"DEV_PORT=9000 {UP}"]
+    assert out == [
+        "bash scripts/ensure.sh docker compose base-image",
+        f"DEV_PORT=9000 {UP}",
+        MIGRATE,
+    ]
     assert not (project / ".env").exists()
 
 
