@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "services", "stack", "remote")
+TIERS = ("unit", "services", "stack", "remote", "vps")
 HERE = Path(__file__).parent
 
-pytest_plugins = ["tests.harness.fixtures", "tests.harness.native"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.native", "tests.harness.fixtures_vps"]
 
 
 def pytest_collection_modifyitems(config, items):
