@@ -16,6 +16,7 @@ MODULES = (
     "opskit.remote.health",
     "opskit.remote.backup",
     "opskit.remote.certs",
+    "opskit.remote.cluster",
 )
 
 
