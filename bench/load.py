@@ -421,6 +421,7 @@ def summarize_samples(samples: list[dict], clk_tck: int, cpus: int) -> dict:
     first, last = samples[0], samples[-1]
     jiffies = last["machine_total"] - first["machine_total"]
     return {
+        "cpu_s": round(total / clk_tck, 2),
         "peak_rss_mb": round(rss, 1),
         "peak_rss_by_server_mb": rss_by,
         "peak_pss_mb": round(pss, 1),
@@ -514,6 +515,11 @@ def measure(config, target: str, args, script: Path, cookie: str, raw_dir: Path 
         **counts,
         "nginx": access,
         "stack": stack,
+        # what one answer cost the stack: nginx, gunicorn and the data layer together;
+        # it drifts far less than requests/s when other work shares the machine
+        "cpu_ms_per_served": (
+            round(1000 * stack["cpu_s"] / counts["served"], 3) if counts["served"] else None
+        ),
         "loadgen_cpu_pct": round(100 * wrk_cpu / wall / (os.cpu_count() or 1), 1),
         "goals": goals(target, wrk["latency_ms"].get("p95"), counts["error_pct"], stack),
     }
@@ -528,6 +534,76 @@ def goals(target: str, p95: float | None, error_pct: float, stack: dict) -> dict
         "memory_met": stack["peak_rss_mb"] <= GOAL_MEMORY_MB,
         "cpu_met": stack["cpu_peak_pct"] is not None and stack["cpu_peak_pct"] < GOAL_CPU_PEAK_PCT,
     }
+
+
+# --- over rounds and user counts: medians, ratios to stock, the knee ---------------------------
+
+
+def median(values: list[float]) -> float | None:
+    """The middle value (the mean of the two middle ones for an even count); None if empty."""
+    ordered = sorted(v for v in values if v is not None)
+    if not ordered:
+        return None
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summarize_runs(results: list[dict], baseline: str = "stock") -> list[dict]:
+    """One row per (users, target, config): medians over the rounds, and each median
+    beside the baseline config's at the same users and target (x baseline: requests/s
+    over its requests/s, its CPU per answer over ours; above 1 is better)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r.get("users"), r["target"], r["config"]), []).append(r)
+    rows = []
+    for (users, target, config), runs in groups.items():
+        rows.append(
+            {
+                "users": users,
+                "target": target,
+                "path": runs[0]["path"],
+                "config": config,
+                "runs": len(runs),
+                "rps": median([r["rps"] for r in runs]),
+                "served_rps": median([r["served_rps"] for r in runs]),
+                "p95_ms": median([r["latency_ms"].get("p95") for r in runs]),
+                "error_pct": median([r["error_pct"] for r in runs]),
+                "max_error_pct": max(r["error_pct"] for r in runs),
+                "cpu_ms_per_served": median([r.get("cpu_ms_per_served") for r in runs]),
+            }
+        )
+    base = {(r["users"], r["target"]): r for r in rows if r["config"] == baseline}
+    for row in rows:
+        ref = base.get((row["users"], row["target"]))
+        row["x_baseline_rps"] = (
+            round(row["served_rps"] / ref["served_rps"], 2)
+            if ref and ref["served_rps"] and row["served_rps"] is not None
+            else None
+        )
+        row["x_baseline_cpu"] = (
+            round(ref["cpu_ms_per_served"] / row["cpu_ms_per_served"], 2)
+            if ref and ref["cpu_ms_per_served"] and row["cpu_ms_per_served"]
+            else None
+        )
+    return rows
+
+
+def knee(rows: list[dict], target: str, goal_p95_ms: float = GOAL_P95_MS) -> dict:
+    """Per config: the most users at which `target`'s p95 stayed under the goal with no
+    error in any round, counting up from the fewest users tested (None: not even those)."""
+    out: dict[str, int | None] = {}
+    for config in dict.fromkeys(r["config"] for r in rows if r["target"] == target):
+        steps = sorted(
+            (r for r in rows if r["target"] == target and r["config"] == config),
+            key=lambda r: r["users"],
+        )
+        best = None
+        for r in steps:
+            if r["p95_ms"] is None or r["p95_ms"] >= goal_p95_ms or r["max_error_pct"] > 0:
+                break
+            best = r["users"]
+        out[config] = best
+    return out
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -559,11 +635,15 @@ def table(report: dict) -> str:
         "wrk CPU %",
         "box CPU %",
     )
+    users_mode = any(r.get("users") for r in report["results"])
+    if users_mode:
+        head = ("users", *head)
     rows = [head]
     for r in report["results"]:
         lat, g, st = r["latency_ms"], r["goals"], r["stack"]
         rows.append(
             (
+                *((str(r["users"]),) if users_mode else ()),
                 r["path"],
                 r["config"],
                 _num(r["rps"]),
@@ -581,15 +661,7 @@ def table(report: dict) -> str:
                 _num(st.get("machine_cpu_avg_pct"), 0),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i > 1 else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = _columns(rows, 2 + users_mode)
     run = report["run"]
     lines += [
         "",
@@ -600,7 +672,8 @@ def table(report: dict) -> str:
             if run["think_ms"]
             else "no pause between requests (saturation)"
         )
-        + f"; {run['cpus']} CPUs shared by the stack and wrk.",
+        + f"; {run['cpus']} CPUs shared by the stack and wrk"
+        + (f"; {run['rounds']} rounds, configs taking turns." if run.get("rounds", 1) > 1 else "."),
         "p50/p95/p99: wrk, client side, every answer (429s included); nginx p95: its access "
         "log, served answers only (429s left out).",
         "errors: answers other than 2xx/3xx/429, socket errors, wrk timeouts (requests "
@@ -616,7 +689,69 @@ def table(report: dict) -> str:
             f"{name}: {cfg['description']}; idle RSS {idle['peak_rss_mb']:.0f} MB, "
             f"PSS {idle['peak_pss_mb']:.0f} MB ({idle['processes']} processes)"
         )
+    lines += ["", *summary_table(report)]
     return "\n".join(lines)
+
+
+def _columns(rows: list[tuple], left: int) -> list[str]:
+    """Rows as aligned text: the first `left` columns to the left, the rest to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i >= left else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def summary_table(report: dict) -> list[str]:
+    """Medians over the rounds beside stock's, and in users mode the knee."""
+    summary = report.get("summary") or summarize_runs(report["results"])
+    users_mode = any(r["users"] for r in summary)
+    head = (
+        *(("users",) if users_mode else ()),
+        "target",
+        "config",
+        "runs",
+        "served/s",
+        "p95 ms",
+        "errors %",
+        "CPU ms/answer",
+        "x stock req/s",
+        "x stock CPU",
+    )
+    rows = [head]
+    for r in summary:
+        rows.append(
+            (
+                *((str(r["users"]),) if users_mode else ()),
+                r["path"],
+                r["config"],
+                str(r["runs"]),
+                _num(r["served_rps"]),
+                _num(r["p95_ms"]),
+                _num(r["max_error_pct"], 2),
+                _num(r["cpu_ms_per_served"], 2),
+                _num(r["x_baseline_rps"], 2),
+                _num(r["x_baseline_cpu"], 2),
+            )
+        )
+    lines = [
+        "Medians over the rounds (x stock: above 1 is better than stock; CPU per answer "
+        "is the stack's, nginx to PostgreSQL):",
+        *_columns(rows, 2 + users_mode),
+    ]
+    for target, knees in report.get("knee", {}).items():
+        lines += [
+            "",
+            f"Knee for {TARGETS[target]}: the most users (think time "
+            f"{report['run']['think_ms']:g} ms) with p95 < {GOAL_P95_MS:g} ms and no error:",
+            *(f"  {config}: {'-' if n is None else n}" for config, n in knees.items()),
+        ]
+    return lines
 
 
 # --- running it ----------------------------------------------------------------------------
@@ -656,6 +791,16 @@ def session_cookie(backend) -> str:
     return f"sessionid={browser.cookies['sessionid']}"
 
 
+def _counts(value: str) -> list[int]:
+    try:
+        counts = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError("give whole numbers of users, e.g. 25,50,100")
+    return counts
+
+
 def _csv(value: str, allowed) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in items if v not in allowed]
@@ -682,16 +827,32 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="mean pause per connection between requests (0: flat out)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs per target and config, taking turns (1)"
+    )
+    parser.add_argument(
+        "--users",
+        type=_counts,
+        help="users mode: comma-separated user counts (e.g. 25,50,100), each a connection "
+        "pausing --think-ms between requests (1000 unless given); prints the knee",
+    )
     parser.add_argument("--configs", type=lambda v: _csv(v, CONFIGS), default=list(CONFIGS))
     parser.add_argument("--targets", type=lambda v: _csv(v, TARGETS), default=list(TARGETS))
     parser.add_argument("--notes", type=int, default=50, help="notes seeded per database (50)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     parser.add_argument("--keep-raw", type=Path, help="keep wrk's raw outputs in this folder")
     args = parser.parse_args(argv)
-    if min(args.duration, args.timeout, args.connections, args.threads) < 1 or args.warmup < 0:
-        parser.error("--duration, --timeout, --connections and --threads must be at least 1")
-    if args.connections < args.threads:
-        parser.error("wrk needs at least one connection per thread")
+    if (
+        min(args.duration, args.timeout, args.connections, args.threads, args.rounds) < 1
+        or args.warmup < 0
+    ):
+        parser.error(
+            "--duration, --timeout, --connections, --threads and --rounds must be at least 1"
+        )
+    if min(args.users or [args.connections]) < args.threads:
+        parser.error("wrk needs at least one connection (user) per thread: lower --threads")
+    if args.users and not args.think_ms:
+        args.think_ms = 1000.0
     # a stopped run (CI cancelling, timeout(1)) still stops every server it started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -721,15 +882,30 @@ def main(argv: list[str] | None = None) -> int:
                 idle = summarize_samples([sampler.sample()], os.sysconf("SC_CLK_TCK"), 1)
                 summary[name] = {"description": config.description, "idle": idle}
             results = []
-            for target in args.targets:
-                for name, config in configs.items():
-                    cookie = cookies[config.backend.name] if target == "admin" else ""
-                    print(
-                        f"load: {TARGETS[target]} on {name} for {args.duration:g} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    results.append(measure(config, target, args, script, cookie, args.keep_raw))
+            for users in args.users or [None]:
+                step = argparse.Namespace(
+                    **{**vars(args), "connections": users or args.connections}
+                )
+                for round_ in range(1, args.rounds + 1):
+                    for target in args.targets:
+                        for name, config in configs.items():
+                            cookie = cookies[config.backend.name] if target == "admin" else ""
+                            print(
+                                f"load: {TARGETS[target]} on {name} for {args.duration:g} s"
+                                + (f", {users} users" if users else "")
+                                + (f", round {round_}" if args.rounds > 1 else ""),
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                            raw = (
+                                args.keep_raw / f"u{users or step.connections}-r{round_}"
+                                if args.keep_raw
+                                else None
+                            )
+                            if raw is not None:
+                                raw.mkdir(parents=True, exist_ok=True)
+                            result = measure(config, target, step, script, cookie, raw)
+                            results.append({"round": round_, "users": users, **result})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {
@@ -741,6 +917,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "timeout_s": args.timeout,
             "think_ms": args.think_ms,
+            "rounds": args.rounds,
+            "users": args.users,
             "cpus": os.cpu_count(),
             "site": SITE,
             "notes_seeded": args.notes,
@@ -754,7 +932,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "configs": summary,
         "results": results,
+        "summary": summarize_runs(results),
     }
+    if args.users:
+        report["knee"] = {t: knee(report["summary"], t) for t in args.targets}
     document = json.dumps(report, indent=2)
     if args.json_out:
         args.json_out.write_text(document + "\n")
