@@ -463,6 +463,23 @@ def run_wrk(argv: list[str], env: dict, limit_s: float) -> tuple[str, float]:
     return proc.stdout, used
 
 
+def settle(services: dict, *, idle_pct: float = 5.0, limit_s: float = 60.0) -> float:
+    """Wait until the servers use under `idle_pct` of one CPU over half a second (at most
+    `limit_s`); the seconds waited."""
+    sampler = StackSampler({role: svc.proc.pid for role, svc in services.items()})
+    clk_tck = os.sysconf("SC_CLK_TCK")
+    started = time.monotonic()
+    before = sampler.sample()
+    while time.monotonic() - started < limit_s:
+        time.sleep(0.5)
+        after = sampler.sample()
+        busy = (after["ticks"] - before["ticks"]) / clk_tck / (after["t"] - before["t"])
+        if busy * 100 < idle_pct:
+            break
+        before = after
+    return round(time.monotonic() - started, 1)
+
+
 def measure(config, target: str, args, script: Path, cookie: str, raw_dir: Path | None) -> dict:
     nginx = config.nginx
     url = f"https://{SITE}:{nginx.https_port}{TARGETS[target]}"
@@ -479,6 +496,9 @@ def measure(config, target: str, args, script: Path, cookie: str, raw_dir: Path 
             env,
             args.warmup + args.timeout + 60,
         )
+    # requests wrk abandoned when it stopped (this run's warm-up, the run before on a shared
+    # backend) are still being served: wait until they are, so no run pays for another
+    settled_s = settle(config.services)
     # nginx's limit_req zones forget a client after a second of quiet
     time.sleep(1)
     log_offset = nginx.access_log.stat().st_size if nginx.access_log.exists() else 0
@@ -521,6 +541,7 @@ def measure(config, target: str, args, script: Path, cookie: str, raw_dir: Path 
             round(1000 * stack["cpu_s"] / counts["served"], 3) if counts["served"] else None
         ),
         "loadgen_cpu_pct": round(100 * wrk_cpu / wall / (os.cpu_count() or 1), 1),
+        "settled_s": settled_s,
         "goals": goals(target, wrk["latency_ms"].get("p95"), counts["error_pct"], stack),
     }
 
