@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import re
 import socket
 import ssl
 import subprocess
@@ -41,6 +40,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from opskit.units import parse_size
 
 MIB = 1024 * 1024
 # the containers of the operators' guide, in the order the table shows them
@@ -54,25 +55,6 @@ GUIDE_CONTAINERS = (
 )
 # /proc/PID/comm is cut at 15 characters: containerd-shim-runc-v2 shows as containerd-shim
 DAEMONS = ("dockerd", "containerd", "containerd-shim", "docker-proxy")
-UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "tb": 1000**4,
-    "tib": 1024**4,
-}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a docker stats figure such as '12.5MiB', '980kB' or '0B'."""
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise ValueError(f"not a size: {text!r}")
-    return round(float(match.group(1)) * UNITS[match.group(2).lower()])
 
 
 def parse_stats_line(line: str) -> tuple[str, int]:

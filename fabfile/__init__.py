@@ -6,9 +6,7 @@ Assembles the task modules of opskit.remote; each exports `ns`. Run from a clone
 
 from __future__ import annotations
 
-from importlib import import_module
-
-from invoke import Collection
+from opskit.tasks import namespace
 
 MODULES = (
     "opskit.remote.deploy",
@@ -19,15 +17,4 @@ MODULES = (
     "opskit.remote.cluster",
 )
 
-
-def namespace() -> Collection:
-    root = Collection()
-    for name in MODULES:
-        module = import_module(name)
-        for task_name, task in module.ns.tasks.items():
-            root.add_task(task, name=task_name)
-        root.configure(module.ns.configuration())
-    return root
-
-
-ns = namespace()
+ns = namespace(MODULES)

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-CONTAINER = "aiia_nginx"
+from opskit import environments
+
+CONTAINER = environments.NGINX
 CERT_NAME = "eduaiia.com"
 # nginx/defaults.env: the names of the prod, staging and devstatus sites
 DOMAINS = ("eduaiia.com", "www.eduaiia.com", "staging.eduaiia.com", "devstatus.eduaiia.com")

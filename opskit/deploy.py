@@ -47,12 +47,14 @@ from datetime import UTC, datetime
 
 from dotenv import dotenv_values
 
+from opskit import environments
 from opskit import settings as settings_mod
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import HELD, Lock, LockDetails
 from opskit.remote import history, notify
-from opskit.remote.runner import CommandFailed, Result, Runner
+from opskit.runner import CommandFailed, Result, Runner
 from opskit.shell import Secret
+from opskit.units import size_mb
 
 STEPS = ("lock", "preflight", "backup", "image", "migrate", "release", "switch", "unlock")
 EXIT_FAILED = 1
@@ -138,7 +140,7 @@ class Plan:
 
 def default_stack_dir() -> str:
     """The stack runs from the production checkout (both environments share it)."""
-    return cmd.ENVIRONMENTS["production"].path
+    return environments.SERVERS["production"].path
 
 
 def operator() -> str:
@@ -910,16 +912,7 @@ def _limit_mb(spec: cmd.ServiceSpec) -> int | None:
     flags = list(spec.flags)
     if "--memory" not in flags:
         return None
-    raw = flags[flags.index("--memory") + 1].lower()
-    units = {"k": 1 / 1024, "m": 1, "g": 1024}
-    try:
-        if raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        if raw.endswith(("kb", "mb", "gb")):
-            return int(float(raw[:-2]) * units[raw[-2]])
-        return int(int(raw) / (1024 * 1024))
-    except ValueError:
-        return None
+    return size_mb(flags[flags.index("--memory") + 1])
 
 
 def _trap_sigterm() -> Callable[[], None]:
@@ -1077,7 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from opskit.remote.runner import BridgeRunner
+    from opskit.runner import BridgeRunner
 
     parser = argparse.ArgumentParser(
         prog="scripts/deploy.sh",

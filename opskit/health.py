@@ -26,6 +26,7 @@ from cryptography import x509
 
 from opskit.commands import docker as docker_cmd
 from opskit.commands import probes
+from opskit.runner import Result
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
 SEVERITY = {GREEN: 0, YELLOW: 1, RED: 2}
@@ -66,20 +67,7 @@ class Check:
         return {"name": self.name, "status": self.status, "summary": self.summary, **self.details}
 
 
-@dataclass(frozen=True)
-class Output:
-    """What a command printed, and whether it exited 0."""
-
-    ok: bool
-    stdout: str
-    stderr: str = ""
-
-    def error(self) -> str:
-        text = (self.stderr or self.stdout).strip()
-        return text.splitlines()[-1] if text else "no output"
-
-
-Run = Callable[[list[str]], Output]
+Run = Callable[[list[str]], Result]
 
 
 def _worst(statuses: Iterable[str]) -> str:
@@ -370,7 +358,7 @@ class Network:
 # --- running the checks ---------------------------------------------------------------
 
 
-def _probe(name: str, parse: Callable[[str], Check], out: Output) -> Check:
+def _probe(name: str, parse: Callable[[str], Check], out: Result) -> Check:
     if not out.ok:
         return Check(name, RED, f"probe failed: {out.error()}")
     try:

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from opskit import environments
 from opskit.shell import MASK, Secret
 
-ENVIRONMENTS = ("local", "staging", "production")
+ENVIRONMENTS = environments.NAMES
 SERVER_ENVS = frozenset({"staging", "production"})
 ALL = frozenset(ENVIRONMENTS)
 

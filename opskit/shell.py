@@ -8,6 +8,15 @@ from collections.abc import Iterable
 MASK = "***"
 
 
+class BuilderError(ValueError):
+    """A value a builder will not put on a command line; the message says why."""
+
+
+def sh(script: str, *args: str) -> list[str]:
+    """`sh -c SCRIPT sh ARGS...`: a fixed script, every value passed as its own argument."""
+    return ["sh", "-c", script, "sh", *[str(a) for a in args]]
+
+
 class Secret:
     """A value that prints as *** everywhere: str(), repr(), f-strings and logs.
 

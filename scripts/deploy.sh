@@ -18,7 +18,7 @@
 # python3 and python-dotenv), this checkout's opskit/ mounted read-only, no network. It
 # asks this script for each command it needs (docker, git, df, ...), which runs it here on
 # the host, as the user running the script, and hands back the exit code and output
-# (the BridgeRunner protocol in opskit/remote/runner.py). Commands and their input travel
+# (the BridgeRunner protocol in opskit/runner.py). Commands and their input travel
 # through a private directory (mode 0700) on a tmpfs, so the env file's values that a
 # command reads on stdin never touch a disk.
 set -o errexit -o pipefail -o nounset

@@ -16,6 +16,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from opskit import environments
+
 # The guide's set names: backups/db_prod_20240101_120000, backups/db_staging_...
 ENV_SHORT = {"production": "prod", "staging": "staging", "local": "dev"}
 ENV_LONG = {short: long for long, short in ENV_SHORT.items()}
@@ -27,7 +29,7 @@ TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 # but a name that needs quoting is a mistake in an env file, refused early.
 IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-POSTGRES_CONTAINER = "aiia_postgresql"
+POSTGRES_CONTAINER = environments.POSTGRES
 
 
 class CommandError(ValueError):

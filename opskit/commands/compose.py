@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-ENVIRONMENTS = ("local", "staging", "production")
+from opskit.environments import NAMES as ENVIRONMENTS
 
 
 class UnknownEnvironment(ValueError):

@@ -17,127 +17,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from opskit.commands.lock import sh
+# names and paths live in opskit.environments; re-exported for the builders' callers
+from opskit.environments import (  # noqa: F401
+    IMAGE_REPO,
+    NETWORK,
+    NGINX,
+    RELEASE_RE,
+    UPSTREAM_DIR,
+    Environment,
+    check_release,
+)
+from opskit.environments import SERVERS as ENVIRONMENTS  # noqa: F401
+from opskit.environments import server as environment  # noqa: F401
+from opskit.shell import BuilderError, sh
 
-NETWORK = "aiia_network"
-NGINX = "aiia_nginx"
-# every release of both environments is one tag of this repository on the server:
-# aiia/app:production-20250101-120000-abc1234
-IMAGE_REPO = "aiia/app"
 LABEL_ENV = "aiia.env"
 LABEL_RELEASE = "aiia.release"
 LABEL_SOURCE = "aiia.source"
 COMPOSE_LABEL = "com.docker.compose."
-# where nginx reads each environment's upstream server: rendered at the container's start
-# (nginx/render.sh), included by nginx/templates/app-site.conf, rewritten by deploys
-UPSTREAM_DIR = "/run/nginx/conf/upstreams"
-
-RELEASE_RE = re.compile(r"^\d{8}-\d{6}(-[0-9a-z]{1,12})?$")
-
-
-class BuilderError(ValueError):
-    """A value a builder will not put on a command line; the message says why."""
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Names and paths of one environment on the server (the operators' guide's)."""
-
-    name: str  # production | staging
-    site: str  # nginx site and short name: prod | staging
-    service: str  # compose service: django_prod
-    container: str  # the guide's container name: aiia_django_prod
-    port: int  # APP_PORT: where gunicorn listens inside the network
-    path: str  # the checkout on the server
-    branch: str  # the branch its workflow deploys
-
-    @property
-    def env_file(self) -> str:
-        return f"{self.path}/.env"
-
-    @property
-    def state_dir(self) -> str:
-        return f"{self.path}/.deploy"
-
-    @property
-    def lock_dir(self) -> str:
-        return f"{self.state_dir}/lock"
-
-    @property
-    def build_dir(self) -> str:
-        return f"{self.state_dir}/build"
-
-    @property
-    def logs_dir(self) -> str:
-        return f"{self.path}/logs"
-
-    @property
-    def history_file(self) -> str:
-        return f"{self.logs_dir}/deploys.log"
-
-    @property
-    def upstream_file(self) -> str:
-        return f"{UPSTREAM_DIR}/{self.site}.conf"
-
-    def release_container(self, release: str) -> str:
-        return f"{self.container}_{check_release(release)}"
-
-    def oneoff_container(self, release: str, what: str) -> str:
-        return f"{self.container}_{what}_{check_release(release)}"
-
-    def release_image(self, release: str) -> str:
-        return f"{IMAGE_REPO}:{self.name}-{check_release(release)}"
-
-    def transcript(self, started: datetime) -> str:
-        """The guide's logs/deploy_<env>_<timestamp>.log."""
-        return f"{self.logs_dir}/deploy_{self.name}_{started:%Y%m%d_%H%M%S}.log"
-
-
-ENVIRONMENTS = {
-    "production": Environment(
-        "production",
-        "prod",
-        "django_prod",
-        "aiia_django_prod",
-        8000,
-        "/home/ubuntu/main/ai-ia-backend",
-        "main",
-    ),
-    "staging": Environment(
-        "staging",
-        "staging",
-        "django_staging",
-        "aiia_django_staging",
-        8001,
-        "/home/ubuntu/staging/ai-ia-backend",
-        "staging",
-    ),
-}
-
-
-def environment(name: str, path: str | None = None, port: int | None = None) -> Environment:
-    if name not in ENVIRONMENTS:
-        raise BuilderError(f"unknown environment {name!r}: use production or staging")
-    env = ENVIRONMENTS[name]
-    if path:
-        if not path.startswith("/") or "\n" in path:
-            raise BuilderError(f"--path {path!r}: give the checkout's absolute path")
-        env = Environment(**{**env.__dict__, "path": path.rstrip("/") or "/"})
-    if port:
-        env = Environment(**{**env.__dict__, "port": port})
-    return env
 
 
 def release_id(started: datetime, source: str = "") -> str:
     """20250101-120000-abc1234: sortable by time, naming the commit or image it came from."""
     short = re.sub(r"[^0-9a-z]", "", source.lower().removeprefix("sha256:"))[:7]
     return f"{started:%Y%m%d-%H%M%S}" + (f"-{short}" if short else "")
-
-
-def check_release(release: str) -> str:
-    if not RELEASE_RE.match(release or ""):
-        raise BuilderError(f"{release!r} is not a release id (like 20250101-120000-abc1234)")
-    return release
 
 
 def check_image(image: str) -> str:

@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from opskit.shell import sh
+
 DETAILS = "details.json"
 HOLDER = "holder"
 # exit code of the acquire script when the lock is already held (EX_TEMPFAIL)
@@ -87,11 +89,6 @@ dir=$1
 rm -f -- "$dir/details.json" "$dir/holder"
 rmdir -- "$dir"
 """
-
-
-def sh(script: str, *args: str) -> list[str]:
-    """`sh -c SCRIPT sh ARGS...`: a fixed script, every value passed as its own argument."""
-    return ["sh", "-c", script, "sh", *[str(a) for a in args]]
 
 
 @dataclass(frozen=True)

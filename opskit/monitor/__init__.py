@@ -11,42 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opskit.health import Check
+from opskit.units import MIB, ParseError, parse_size
 
 CPU_ALERT_PERCENT = 80.0
 MEMORY_ALERT_MB = 400.0
 # a container this close to its own limit is about to be OOM-killed: highlighted
 CONTAINER_MEMORY_WARN = 0.90
-MIB = 1024 * 1024
-
-UNITS = {
-    "b": 1,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-}
-SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
-
-
-class ParseError(ValueError):
-    """Output of docker that does not have the expected shape."""
-
-
-def parse_size(text: str) -> int:
-    """`441.8MiB`, `544KiB`, `0B`, `1.2GB` -> bytes."""
-    match = SIZE_RE.match(text)
-    if not match or match.group(2).lower() not in UNITS:
-        raise ParseError(f"expected a size such as 12.5MiB, got {text!r}")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
 
 
 def parse_percent(text: str) -> float:

@@ -7,7 +7,7 @@ import os
 from invoke import Exit
 
 from opskit.commands import deploy as cmd
-from opskit.remote.runner import ContextRunner
+from opskit.runner import ContextRunner
 from opskit.shell import Secret
 
 ENV_HELP = "production or staging"

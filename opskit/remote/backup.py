@@ -21,14 +21,12 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
+from opskit import environments
 from opskit.backup import commands, manifest, restore
 from opskit.backup.commands import PgConn
 
 # The operators' guide's checkouts.
-GUIDE_PATHS = {
-    "production": "/home/ubuntu/main/ai-ia-backend",
-    "staging": "/home/ubuntu/staging/ai-ia-backend",
-}
+GUIDE_PATHS = {name: env.path for name, env in environments.SERVERS.items()}
 CRON_SCHEDULE = "0 2 * * *"  # the guide: daily at 02:00
 CRON_MARK = "scripts/backup.sh"
 

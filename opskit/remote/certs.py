@@ -20,7 +20,7 @@ from invoke import Collection, Exit
 from opskit import certs
 from opskit.commands import deploy as deploy_cmd
 from opskit.remote._common import host_arg, runner
-from opskit.remote.runner import Runner
+from opskit.runner import Runner
 
 # certbot renews every name of the lineage through Let's Encrypt: a few seconds each
 RENEW_TIMEOUT_S = 600

@@ -11,12 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from opskit.commands.lock import sh
-
-APPEND = r"""set -eu
-mkdir -p -- "$(dirname -- "$1")"
-cat >> "$1"
-"""
+from opskit.commands.deploy import append_line
+from opskit.shell import sh
 
 
 @dataclass(frozen=True)
@@ -58,8 +54,8 @@ class Unreadable:
 
 
 def append(path: str) -> list[str]:
-    """Append stdin (one line) to the deploy log."""
-    return sh(APPEND, path)
+    """Append stdin (one line) to the deploy log (the transcript's append, one script)."""
+    return append_line(path)
 
 
 def read(path: str, last: int = 50) -> list[str]:

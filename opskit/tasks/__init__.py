@@ -24,9 +24,13 @@ MODULES = (
 )
 
 
-def namespace() -> Collection:
+def namespace(modules: tuple[str, ...] = MODULES) -> Collection:
+    """One flat collection of the tasks of `modules` (each exports `ns`), with their config.
+
+    `inv` assembles opskit.tasks.* with it, `fab` opskit.remote.*.
+    """
     root = Collection()
-    for name in MODULES:
+    for name in modules:
         module = import_module(name)
         for task_name, task in module.ns.tasks.items():
             root.add_task(task, name=task_name)

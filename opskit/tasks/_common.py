@@ -15,7 +15,7 @@ from pathlib import Path
 from invoke import Exit
 
 from opskit import devenv
-from opskit.health import Output
+from opskit.runner import Result
 from opskit.settings import ENVIRONMENTS
 from opskit.shell import MASK, join
 
@@ -23,13 +23,17 @@ ENV_HELP = "local, staging or production (default: ENVIRONMENT of .env, else loc
 DRY_HELP = "print the commands and run none"
 
 
-def project_root() -> Path:
-    """The checkout: the nearest directory up from here holding tasks.py and opskit/."""
+def project_root(*, outside_is_cwd: bool = False) -> Path:
+    """The checkout: the nearest directory up from here holding tasks.py and opskit/.
+
+    Run outside a checkout (`inv --search-root`), that is the checkout opskit came from,
+    or with `outside_is_cwd` the current directory (backups land where the operator is).
+    """
     here = Path.cwd().resolve()
     for candidate in (here, *here.parents):
         if (candidate / "tasks.py").is_file() and (candidate / "opskit").is_dir():
             return candidate
-    return Path(__file__).resolve().parents[2]
+    return here if outside_is_cwd else Path(__file__).resolve().parents[2]
 
 
 def environment(env: str | None, root: Path | None = None) -> str:
@@ -100,10 +104,10 @@ def run(
     return result
 
 
-def ask(c, argv: Sequence[str]) -> Output:
+def ask(c, argv: Sequence[str]) -> Result:
     """Run a read-only question (warn, hidden, no stdin) and return its output."""
     result = c.run(join(argv), warn=True, hide=True, in_stream=False)
-    return Output(result.ok, result.stdout, result.stderr)
+    return Result(tuple(argv), result.exited, result.stdout or "", result.stderr or "")
 
 
 def interactive() -> bool:

@@ -13,32 +13,13 @@ from invoke import Collection, Exit, task
 
 from opskit import settings as settings_mod
 from opskit.backup import commands, jobs, manifest, pipeline, process, restore
-
-DRY_HELP = "print the commands and run none"
+from opskit.tasks._common import DRY_HELP, interactive, project_root, say
 
 TRANSPORT_HELP = (
     "docker (default: tools inside aiia_postgresql, over its socket) or tcp "
     "(this machine's tools to --host:--port)"
 )
 ENV_FILE_HELP = "the env file (default: .env; for staging .env.staging when it exists)"
-
-
-def project_root() -> Path:
-    """The checkout: the nearest directory up from here holding tasks.py and opskit/."""
-    here = Path.cwd().resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "tasks.py").is_file() and (candidate / "opskit").is_dir():
-            return candidate
-    return here
-
-
-def say(message: str) -> None:
-    """Progress on stderr; stdout carries only the result (the set's path)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def interactive() -> bool:
-    return sys.stdin.isatty()
 
 
 def _env_file(root: Path, env: str, env_file: str | None) -> Path:
@@ -65,7 +46,7 @@ def _reach(transport: str, host: str, port: int) -> jobs.Reach:
 
 
 def _backup(c, env, env_file, transport, host, port, media_dir, backup_dir, dry_run):
-    root = project_root()
+    root = project_root(outside_is_cwd=True)
     path = _env_file(root, env, env_file)
     resolved = _settings(env, path)
     reach = _reach(transport, host, port)
@@ -153,7 +134,7 @@ def db_restore(
     port=jobs.DEFAULT_PORT, dry_run=False,
 ):  # fmt: skip
     """Restore a backup set: check, decrypt, restore into scratch, check, swap with --yes."""
-    root = project_root()
+    root = project_root(outside_is_cwd=True)
     resolved = _settings(env, _env_file(root, env, env_file))
     reach = _reach(transport, host, port)
     try:

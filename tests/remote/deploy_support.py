@@ -56,7 +56,7 @@ OWN_FILES = (
     "opskit/commands/deploy.py",
     "opskit/commands/lock.py",
     "opskit/remote/__init__.py",
-    "opskit/remote/runner.py",
+    "opskit/runner.py",
     "opskit/remote/history.py",
     "opskit/remote/notify.py",
     "scripts/deploy.sh",

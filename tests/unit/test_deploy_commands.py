@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from opskit.commands import deploy as cmd
-from opskit.commands.lock import sh
-from opskit.shell import join
+from opskit.shell import join, sh
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "deploy"
 PROD = cmd.ENVIRONMENTS["production"]

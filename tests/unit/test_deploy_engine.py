@@ -20,7 +20,7 @@ from opskit import deploy as engine
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import HELD, Lock, LockDetails
 from opskit.remote import history
-from opskit.remote.runner import ContextRunner
+from opskit.runner import ContextRunner
 from opskit.shell import join
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -681,7 +681,7 @@ def test_a_connection_failing_under_a_command_is_an_answer_not_a_crash():
 
 def test_stdin_goes_to_invoke_in_one_piece():
     """invoke asks a non-terminal stream for 1 byte per read, 10 ms apart."""
-    from opskit.remote.runner import _WholeStdin
+    from opskit.runner import _WholeStdin
 
     stream = _WholeStdin("KEY=" + "v" * 5000 + "\n")
     assert len(stream.read(1)) == 5005 and stream.read(1) == ""

@@ -22,7 +22,8 @@ import pytest
 from opskit import health, tls
 from opskit.commands import docker as docker_cmd
 from opskit.commands import probes
-from opskit.health import GREEN, RED, YELLOW, Check, Output
+from opskit.health import GREEN, RED, YELLOW, Check
+from opskit.runner import Result
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "health"
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
@@ -338,11 +339,11 @@ def test_fetch_certificate_reads_the_served_certificate_by_sni(tmp_path):
 class FakeEngine:
     """Answers each probe command with saved output; fails loudly on anything else."""
 
-    def __init__(self, answers: dict[tuple[str, ...], Output]):
+    def __init__(self, answers: dict[tuple[str, ...], Result]):
         self.answers = answers
         self.asked: list[list[str]] = []
 
-    def __call__(self, argv: list[str]) -> Output:
+    def __call__(self, argv: list[str]) -> Result:
         self.asked.append(argv)
         try:
             return self.answers[tuple(argv)]
@@ -350,11 +351,11 @@ class FakeEngine:
             raise AssertionError(f"unexpected command: {argv}") from None
 
 
-def ok(text: str) -> Output:
-    return Output(True, text)
+def ok(text: str) -> Result:
+    return Result.of(True, text)
 
 
-def local_answers(ps: str) -> dict[tuple[str, ...], Output]:
+def local_answers(ps: str) -> dict[tuple[str, ...], Result]:
     prefix = "opskit_fx_proj"
     return {
         tuple(docker_cmd.project_containers(prefix)): ok(ps),
@@ -392,7 +393,7 @@ def test_collect_reports_a_missing_service_and_a_failed_probe():
     )
     answers = local_answers(ps)
     key = tuple(docker_cmd.exec_("opskit_fx_proj-postgresql-1", probes.postgres_connections()))
-    answers[key] = Output(False, "", 'psql: error: FATAL:  role "aiia" does not exist\n')
+    answers[key] = Result.of(False, "", 'psql: error: FATAL:  role "aiia" does not exist\n')
     lay = health.Layout("opskit_fx_proj", health.LOCAL_SERVICES)
     checks = {c.name: c for c in health.collect(lay, FakeEngine(answers), now=NOW)}
     assert checks["redis"].status == RED and "not created" in checks["redis"].summary
@@ -472,7 +473,7 @@ def test_local_layout_checks_the_setup_certificate(tmp_path, monkeypatch):
 def test_collect_when_docker_cannot_list():
     engine = FakeEngine(
         {
-            tuple(docker_cmd.project_containers("aiia_local")): Output(
+            tuple(docker_cmd.project_containers("aiia_local")): Result.of(
                 False, "", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
             )
         }

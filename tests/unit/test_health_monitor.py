@@ -18,8 +18,8 @@ from opskit import health
 from opskit import monitor as mon
 from opskit.commands import docker as docker_cmd
 from opskit.commands import probes
-from opskit.health import Output
 from opskit.monitor.probe import MonitorError, take
+from opskit.runner import Result
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NOW = dt.datetime(2026, 1, 15, 12, 0, tzinfo=dt.UTC)
@@ -164,13 +164,13 @@ def test_take_asks_stats_inspect_and_the_data_services():
     )
     engine = FakeEngine(
         [
-            (docker_cmd.stats(), Output(True, fixture("monitor/docker_stats.jsonl"))),
-            (docker_cmd.inspect(names), Output(True, fixture("monitor/docker_inspect.jsonl"))),
-            (docker_cmd.info("NCPU"), Output(True, "2\n")),
-            (docker_cmd.project_containers("aiia"), Output(True, ps)),
+            (docker_cmd.stats(), Result.of(True, fixture("monitor/docker_stats.jsonl"))),
+            (docker_cmd.inspect(names), Result.of(True, fixture("monitor/docker_inspect.jsonl"))),
+            (docker_cmd.info("NCPU"), Result.of(True, "2\n")),
+            (docker_cmd.project_containers("aiia"), Result.of(True, ps)),
             (
                 docker_cmd.exec_("aiia_postgresql", probes.postgres_connections()),
-                Output(True, fixture("health/postgres_connections.csv")),
+                Result.of(True, fixture("health/postgres_connections.csv")),
             ),
         ]
     )
@@ -187,16 +187,16 @@ def test_take_asks_stats_inspect_and_the_data_services():
 def test_take_with_a_prefix_and_docker_down():
     engine = FakeEngine(
         [
-            (docker_cmd.stats(), Output(True, fixture("monitor/docker_stats.jsonl"))),
-            (docker_cmd.inspect(["opskit_fx_busy"]), Output(True, "")),
-            (docker_cmd.info("NCPU"), Output(True, "2\n")),
+            (docker_cmd.stats(), Result.of(True, fixture("monitor/docker_stats.jsonl"))),
+            (docker_cmd.inspect(["opskit_fx_busy"]), Result.of(True, "")),
+            (docker_cmd.info("NCPU"), Result.of(True, "2\n")),
         ]
     )
     shot = take(engine, None, prefix="opskit_fx_bu", now=NOW)
     assert [c.name for c in shot.containers] == ["opskit_fx_busy"]
     assert shot.containers[0].status == "unknown"
     down = FakeEngine(
-        [(docker_cmd.stats(), Output(False, "", "Cannot connect to the Docker daemon"))]
+        [(docker_cmd.stats(), Result.of(False, "", "Cannot connect to the Docker daemon"))]
     )
     with pytest.raises(MonitorError, match="Cannot connect"):
         take(down, None)

@@ -31,6 +31,15 @@ class Result:
     def ok(self) -> bool:
         return self.exited == 0
 
+    @classmethod
+    def of(cls, ok: bool, stdout: str = "", stderr: str = "") -> Result:
+        """An answer without its command: saved output in tests, a probe's outcome."""
+        return cls((), 0 if ok else 1, stdout, stderr)
+
+    def error(self) -> str:
+        """The last line of what it printed: enough to say why a question failed."""
+        return self.tail(1) or "no output"
+
     def tail(self, lines: int = 15) -> str:
         """The last lines of stderr (else stdout): what to show when a command failed."""
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
