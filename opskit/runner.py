@@ -79,6 +79,61 @@ class Runner:
             raise CommandFailed(result, what)
         return result
 
+    def ask(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        assume: str | None = None,
+    ) -> Result:
+        """A read-only question. `assume` is the answer a dry run takes instead of asking,
+        when the question is about something only a real run creates (a new container)."""
+        return self.run(argv, stdin=stdin, timeout=timeout)
+
+
+NOT_RUN = "(dry run: not run)\n"
+
+
+class DryRunner(Runner):
+    """What a dry run talks to: questions go to the real server, changes are only shown.
+
+    Every command is shown, in order, as the real run would send it (`? ` marks a question
+    that was asked; stdin, where secrets travel, is never shown). A change answers success
+    with NOT_RUN; a question about what only a real run would create gets its `assume`.
+    `planned` keeps the commands, for comparison with what a real run sent.
+    """
+
+    def __init__(self, real: Runner, out) -> None:
+        self.real = real
+        self.out = out
+        self.where = real.where
+        self.planned: list[tuple[str, ...]] = []
+
+    def _show(self, argv: Sequence[str], mark: str) -> tuple[str, ...]:
+        argv = tuple(str(a) for a in argv)
+        self.planned.append(argv)
+        self.out(f"  {mark}{join(argv)}")
+        return argv
+
+    def run(
+        self, argv: Sequence[str], *, stdin: str | None = None, timeout: float | None = None
+    ) -> Result:
+        return Result(self._show(argv, ""), 0, NOT_RUN)
+
+    def ask(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        assume: str | None = None,
+    ) -> Result:
+        shown = self._show(argv, "? ")
+        if assume is not None:
+            return Result(shown, 0, assume)
+        return self.real.ask(argv, stdin=stdin, timeout=timeout)
+
 
 class _WholeStdin(io.StringIO):
     """stdin for invoke that hands over everything at the first read.

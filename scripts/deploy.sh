@@ -9,7 +9,7 @@
 #                          [--why TEXT] [--skip-backup] [--health-attempts N]
 #                          [--health-interval S] [--extra-ca FILE] [--dry-run]
 #
-# The same steps as `fab deploy` (opskit/deploy.py): lock, pre-flight, backup, image,
+# The same steps as `fab deploy` (opskit/deploy/steps.py): lock, pre-flight, backup, image,
 # migrations, a new release started beside the old one and gated on /health/, the nginx
 # switch, the deploy log. Everything printed also goes to logs/deploy_<env>_<UTC time>.log.
 #
@@ -40,7 +40,7 @@ command -v docker >/dev/null || die "docker is not installed on this server"
   || die "bash 4.4 or newer is needed (mapfile -d)"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[ -f "$root/opskit/deploy.py" ] || die "$root is not a checkout of the project (no opskit/)"
+[ -f "$root/opskit/deploy/__init__.py" ] || die "$root is not a checkout of the project (no opskit/)"
 mkdir -p "$root/logs"
 log="$root/logs/deploy_${env}_$(date -u +%Y%m%d_%H%M%S).log"
 exec 2> >(tee -a "$log" >&2)

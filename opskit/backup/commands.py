@@ -32,6 +32,12 @@ IDENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 POSTGRES_CONTAINER = environments.POSTGRES
 
 
+def backup_script(path: str, env: str) -> list[str]:
+    """The server's scripts/backup.sh for one environment: what cron, `fab backup` and a
+    deploy's pre-deploy backup run; it prints the new set's path last."""
+    return ["bash", f"{path}/scripts/backup.sh", env]
+
+
 class CommandError(ValueError):
     """A builder was given a value it will not put on a command line."""
 

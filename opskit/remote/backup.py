@@ -1,7 +1,8 @@
 """`fab backup`, `fab restore`, `fab install-cron`: backups of the server, driven over SSH.
 
 - `backup` runs the server's scripts/backup.sh (the backup container; the server needs only
-  Docker) and prints the new set's path. `predeploy` is the same for the deploy engine.
+  Docker) and prints the new set's path, as a deploy's pre-deploy backup does
+  (opskit.deploy.predeploy_backup).
 - `restore` never puts the secret key on the server: the set is downloaded over SSH and
   checked here, decrypted here with the operator's key, and the plaintext is streamed over
   SSH into `docker exec -i aiia_postgresql pg_restore` on the server (scratch database,
@@ -50,8 +51,7 @@ def checkout(env: str, path: str | None) -> str:
 # ----------------------------------------------------------------------------- builders
 
 
-def backup_argv(path: str, env: str) -> list[str]:
-    return ["bash", f"{path}/scripts/backup.sh", env]
+backup_argv = commands.backup_script
 
 
 def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") -> str:
@@ -148,15 +148,6 @@ def safe(argv: Sequence[str]) -> bool:
 
 
 # ----------------------------------------------------------------------------- the work
-
-
-def predeploy(runner, env, settings=None) -> str:
-    """The deploy engine's pre-deploy backup: scripts/backup.sh; returns the set's path."""
-    result = runner.check(backup_argv(env.path, env.name), what="pre-deploy backup")
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    if not lines:
-        raise RemoteBackupError("scripts/backup.sh printed no set path")
-    return lines[-1].strip()
 
 
 def download_set(prefix: Sequence[str], remote_dir: str, local_parent: Path) -> Path:

@@ -31,15 +31,6 @@ GATE_HELP = {
 }
 
 
-def backup_hook():
-    """The backups library's pre-deploy backup, once it exists (opskit/remote/backup.py)."""
-    try:
-        from opskit.remote import backup
-    except ImportError:
-        return None
-    return getattr(backup, "predeploy", None)
-
-
 def _plan(c, env, action, **kwargs) -> engine.Plan:
     try:
         return engine.Plan(
@@ -61,7 +52,7 @@ def _number(value, name: str, kind=float):
 
 
 def _run(c, plan: engine.Plan) -> None:
-    outcome = engine.Deployer(runner(c), plan, backup=backup_hook()).run()
+    outcome = engine.Deployer(runner(c), plan).run()
     if not outcome.ok:
         raise Exit(code=outcome.exit_code)
 

@@ -52,13 +52,13 @@ from tests.stack.stackkit import (
 PROD_HOST, STAGING_HOST = "eduaiia.com", "staging.eduaiia.com"
 # the deploy's own files, taken from the working tree so the server runs this code
 OWN_FILES = (
-    "opskit/deploy.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "opskit" / "deploy").glob("*.py")),
     "opskit/commands/deploy.py",
     "opskit/commands/lock.py",
-    "opskit/remote/__init__.py",
+    "opskit/environments.py",
     "opskit/runner.py",
-    "opskit/remote/history.py",
-    "opskit/remote/notify.py",
+    "opskit/shell.py",
+    "opskit/units.py",
     "scripts/deploy.sh",
 )
 UP_TIMEOUT_S = 300

@@ -17,9 +17,10 @@ import pytest
 from invoke import MockContext, Result
 
 from opskit import deploy as engine
+from opskit.backup.commands import backup_script
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import HELD, Lock, LockDetails
-from opskit.remote import history
+from opskit.deploy import history
 from opskit.runner import ContextRunner
 from opskit.shell import join
 
@@ -150,7 +151,7 @@ def deploy(server: Server, ctx: MockContext | None = None, backup=None, **plan):
         ContextRunner(ctx, where="root@server"),
         p,
         out=lines.append,
-        backup=backup,
+        **({"backup": backup} if backup else {}),
         now=lambda: STARTED,
         sleep=lambda s: None,
     ).run()
@@ -383,11 +384,20 @@ def test_too_little_memory_for_two_releases_is_refused_in_preflight():
     assert join(cmd.pull(IMAGE)) not in commands(ctx)
 
 
-def test_without_the_backup_library_the_deploy_stops_unless_told_to_skip():
-    outcome, ctx, lines = deploy(Server(), skip_backup=False, backup=None)
-    assert outcome.reason == "no pre-deploy backup: the backup library is not available"
+def test_the_pre_deploy_backup_is_the_servers_backup_script():
+    server = Server()
+    script = join(backup_script(PROD.path, PROD.name))
+    server.answers[script] = ok("==> dump\n/srv/prod/backups/db_prod_20250101_120000\n")
+    outcome, ctx, lines = deploy(server, skip_backup=False)
+    assert outcome.ok, "\n".join(lines)
+    sent = commands(ctx)
+    assert sent.index(script) < sent.index(join(cmd.pull(IMAGE)))
+    assert recorded(ctx).backup == "/srv/prod/backups/db_prod_20250101_120000"
+
+    server.answers[script] = fail("pg_dump: connection refused", 1)
+    outcome, ctx, lines = deploy(server, skip_backup=False)
+    assert outcome.reason.startswith("pre-deploy backup failed")
     assert join(cmd.pull(IMAGE)) not in commands(ctx)
-    assert any("--skip-backup" in line for line in lines)
 
 
 def test_the_backup_hook_runs_before_the_image_and_its_failure_stops_the_deploy():
@@ -727,3 +737,71 @@ def test_a_lock_that_cannot_be_released_is_said_so():
     (line,) = [x for x in lines if x.startswith("[8/8]")]
     assert line.split()[2] == "FAILED"
     assert "lock NOT released (rmdir: Directory not empty): see `fab lock-status" in line
+
+
+# --- the dry run is the real plan ------------------------------------------------------
+
+
+class Recording(ContextRunner):
+    """A runner that keeps every command it sent, in order."""
+
+    def __init__(self, ctx: MockContext) -> None:
+        super().__init__(ctx, where="root@server")
+        self.sent: list[tuple[str, ...]] = []
+
+    def run(self, argv, *, stdin=None, timeout=None):
+        self.sent.append(tuple(str(a) for a in argv))
+        return super().run(argv, stdin=stdin, timeout=timeout)
+
+
+def test_the_dry_run_plan_is_what_a_real_run_sends():
+    server = Server()
+    commit = "abc1234" + "0" * 33
+    build_dir = f"{PROD.build_dir}/{RELEASE}"
+    health = (FIXTURES / "health_ok.http").read_bytes().decode()
+    server.answers.update(
+        {
+            join(cmd.git_fetch(PROD.path)): ok(),
+            join(cmd.git_resolve(PROD.path, "v2")): ok(commit + "\n"),
+            join(cmd.git_describe(PROD.path, commit)): ok("v2\n"),
+            join(cmd.git_archive(PROD.path, commit, build_dir)): ok(),
+            join(cmd.compose_build(build_dir)): ok(),
+            join(cmd.remove_build_dir(build_dir)): ok(),
+            join(backup_script(PROD.path, PROD.name)): ok("/srv/prod/backups/db_prod_x\n"),
+            # a healthy server: the release answers at once, nginx has nothing to drain
+            join(cmd.probe(PROD.release_container(RELEASE), PROD.port)): ok(health),
+            join(cmd.draining_workers()): ok("0\n"),
+            join(history.read(PROD.history_file, 500)): ok(""),
+            join(
+                cmd.run_release(
+                    PROD, server.spec, RELEASE, PROD.release_image(RELEASE), f"v2@{commit[:12]}"
+                )
+            ): ok("cid\n"),
+        }
+    )
+
+    def deployer(runner, **plan):
+        p = engine.Plan(env=PROD, who="alice@laptop", stack_file=STACK, ref="v2", **plan)
+        lines: list[str] = []
+        d = engine.Deployer(runner, p, out=lines.append, now=lambda: STARTED, sleep=lambda s: None)
+        return d, lines
+
+    real = Recording(server.context())
+    d, lines = deployer(real)
+    assert d.run().ok, "\n".join(lines)
+
+    asked = Recording(server.context())
+    d, lines = deployer(asked, dry_run=True)
+    assert d.run().ok, "\n".join(lines)
+    assert d.r.planned == real.sent
+    # every command is printed, in order; the dry run sent only the questions among them
+    shown = [line[2:].removeprefix("? ") for line in lines if re.match(r"  \S", line)]
+    assert shown == [join(argv) for argv in real.sent]
+    questions = {join(argv) for argv in asked.sent}
+    assert join(cmd.compose_build(build_dir)) not in questions
+    assert join(Lock(PROD.lock_dir).acquire()) not in questions
+    assert join(cmd.nginx_reload()) not in questions
+    assert join(cmd.git_resolve(PROD.path, "v2")) in questions
+    assert not [line for line in lines if line.lstrip().startswith("!")], lines
+    # the steps are the table's, in a dry run as in a real one
+    assert [line.split()[1] for line in lines if line.startswith("[")] == list(engine.STEPS)

@@ -16,8 +16,8 @@ from invoke import Exit
 
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import Lock, LockDetails
+from opskit.deploy import history
 from opskit.remote import deploy as remote_deploy
-from opskit.remote import history
 from opskit.remote import lock as remote_lock
 from opskit.shell import join
 from tests.harness.core import venv_tool

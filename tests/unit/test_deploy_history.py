@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from opskit.remote import history, notify
+from opskit.deploy import history, notify
 from opskit.shell import Secret, join
 
 OK = history.Entry(
@@ -159,7 +159,7 @@ def test_urllib_path_without_requests(hook, tmp_path):
     """The application image has no requests: the standard library posts the same body."""
     code = (
         "import sys; sys.modules['requests'] = None\n"
-        "from opskit.remote import notify\nfrom opskit.shell import Secret\n"
+        "from opskit.deploy import notify\nfrom opskit.shell import Secret\n"
         f"print(notify.send(Secret({hook.url.reveal()!r}), {{'text': 'hi'}}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
