@@ -39,7 +39,8 @@ from pathlib import Path
 
 import cryptography
 
-from opskit.backup import age, commands, manifest, process, rotation
+from opskit import age
+from opskit.backup import commands, manifest, process, rotation
 from opskit.backup.commands import PgConn
 from opskit.backup.offsite import PENDING_MARKER  # (boto3 is imported only when uploading)
 from opskit.shell import Secret
@@ -186,7 +187,7 @@ def tool_versions(spec: BackupSpec, env: dict[str, str]) -> dict[str, str]:
     for tool in ("pg_dump",):
         result = process.run(tool, commands.version(spec.conn, tool), env=env, check=False)
         out[tool] = result.stdout.strip() or f"unknown ({result.stderr.strip()[:80]})"
-    out["encryption"] = "opskit.backup.age (age v1); opens with age 1.0 or newer"
+    out["encryption"] = "opskit.age (age v1); opens with age 1.0 or newer"
     out["cryptography"] = cryptography.__version__
     out["python"] = platform.python_version()
     return out

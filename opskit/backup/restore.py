@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opskit.backup import age, commands, manifest, process
+from opskit import age
+from opskit.backup import commands, manifest, process
 from opskit.backup.commands import PgConn
 from opskit.shell import Secret
 

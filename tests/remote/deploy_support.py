@@ -339,7 +339,7 @@ def stop_stack(project: str, prod: Path) -> None:
 
 
 def age_recipient() -> str:
-    from opskit.backup.age import X25519Identity
+    from opskit.age import X25519Identity
 
     return str(X25519Identity.generate().recipient)
 

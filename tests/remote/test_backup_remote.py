@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from opskit.backup import age, pipeline, restore
+from opskit import age
+from opskit.backup import pipeline, restore
 from opskit.backup.commands import PgConn
 from opskit.remote import backup as rb
 from tests.harness.backup import PG_BIN, fingerprint

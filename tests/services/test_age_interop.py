@@ -1,4 +1,4 @@
-"""opskit.backup.age against the reference age tool (Debian's `age` and `age-keygen`).
+"""opskit.age against the reference age tool (Debian's `age` and `age-keygen`).
 
 Both directions, X25519 keys and passphrases, binary and armored: a backup we write
 must open with `age -d` in a disaster, and files age writes must open with us.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.backup import age
+from opskit import age
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from opskit.backup import age, manifest, pipeline, restore
+from opskit import age
+from opskit.backup import manifest, pipeline, restore
 from opskit.backup.restore import RestoreSpec
 from opskit.shell import Secret
 from tests.harness.backup import PG_BIN, age_keygen, fingerprint

@@ -1,4 +1,4 @@
-"""opskit.backup.age and its command line: round trips, failures, streaming, keys."""
+"""opskit.age and its command line: round trips, failures, streaming, keys."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.backup import age
+from opskit import age
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""opskit.backup.age against the C2SP age conformance vectors (tests/fixtures/age-vectors/).
+"""opskit.age against the C2SP age conformance vectors (tests/fixtures/age-vectors/).
 
 Each vector must end with the right outcome (success or the right kind of failure) and
 release exactly the plaintext the vector expects: on a payload failure, the chunks
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit.backup import age
+from opskit import age
 
 pytestmark = pytest.mark.unit
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from opskit.backup import age
+from opskit import age
 
 PROG = "opskit.age"
 PASSPHRASE_ENV = "AGE_PASSPHRASE"  # noqa: S105 - the variable holding it, not a secret
@@ -312,7 +312,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
