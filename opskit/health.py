@@ -184,26 +184,21 @@ def django_check(text: str, name: str = "django") -> Check:
         raise ProbeError(f"expected 'STATUS BODY' from the health probe, got {text[:80]!r}")
     if code == "000":
         return Check(name, RED, f"/health/ did not answer: {body.strip()}", {"http_status": 0})
-    try:
-        payload = json.loads(body)
-    except ValueError:
+    answer = probes.read_health(int(code), body)
+    if not answer.is_json:
         return Check(
             name, RED, f"/health/ answered {code} without JSON", {"http_status": int(code)}
         )
-    checks = payload.get("checks", {}) if isinstance(payload, dict) else {}
-    failing = [
-        f"{DJANGO_DEPENDENCIES.get(dep, dep)} {result.get('error', 'failing')}"
-        for dep, result in checks.items()
-        if isinstance(result, dict) and not result.get("ok")
-    ]
+    payload = answer.document
     details = {
         "http_status": int(code),
         "version": payload.get("version"),
         "environment": payload.get("environment"),
     }
-    if code == "200" and payload.get("status") == "ok":
-        timing = ", ".join(f"{dep} {r.get('ms', '?')} ms" for dep, r in checks.items())
+    if answer.healthy:
+        timing = ", ".join(f"{dep} {r.get('ms', '?')} ms" for dep, r in answer.checks.items())
         return Check(name, GREEN, f"/health/ 200 ({timing})", details)
+    failing = [f"{DJANGO_DEPENDENCIES.get(dep, dep)} {error}" for dep, error in answer.failing]
     reason = "; ".join(failing) or f"status {payload.get('status')!r}"
     return Check(name, RED, f"/health/ {code}: {reason}", details)
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from opskit.commands.probes import read_health
+
 # names and paths live in opskit.environments; re-exported for the builders' callers
 from opskit.environments import (  # noqa: F401
     IMAGE_REPO,
@@ -709,23 +711,12 @@ def parse_health(exited: int, text: str) -> Health:
     m = re.match(r"^HTTP/\d(?:\.\d)?\s+(\d{3})", head)
     if not m:
         return Health(False, None, detail=f"not an HTTP answer: {text[:80]!r}")
-    status = int(m.group(1))
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    version = str(data.get("version") or "")
-    if status != 200 or data.get("status") != "ok":
-        failing = [
-            f"{name}: {check.get('error', 'failing')}"
-            for name, check in (data.get("checks") or {}).items()
-            if isinstance(check, dict) and not check.get("ok")
-        ]
-        detail = f"HTTP {status}" + (f" ({', '.join(failing)})" if failing else "")
-        return Health(False, status, version, detail)
-    return Health(True, status, version, "ok")
+    answer = read_health(int(m.group(1)), body)
+    if not answer.healthy:
+        failing = [f"{name}: {error}" for name, error in answer.failing]
+        detail = f"HTTP {answer.status}" + (f" ({', '.join(failing)})" if failing else "")
+        return Health(False, answer.status, answer.version, detail)
+    return Health(True, answer.status, answer.version, "ok")
 
 
 def container_state(name: str) -> list[str]:

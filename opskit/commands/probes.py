@@ -9,6 +9,9 @@ own environment, so no password is ever part of an argv.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 POSTGRES_CONNECTIONS_SQL = (
     "SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS connections, "
     "current_setting('max_connections')::int AS max_connections, "
@@ -78,3 +81,47 @@ print(r.status, r.read().decode("utf-8", "replace"))
 def django_health(port: int, timeout_s: float = 8.0) -> list[str]:
     """GET /health/ from inside the Django container (its port is not published)."""
     return ["python3", "-c", DJANGO_HEALTH_SCRIPT, str(port), str(timeout_s)]
+
+
+@dataclass(frozen=True)
+class HealthAnswer:
+    """What Django's /health/ said, however it was fetched (the one parser of its answer:
+    `inv healthcheck` asks from inside the Django container, a deploy's gate and
+    `fab healthcheck` from inside nginx's)."""
+
+    status: int
+    document: dict = field(default_factory=dict)  # the JSON object; empty when not JSON
+    is_json: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == 200 and self.document.get("status") == "ok"
+
+    @property
+    def version(self) -> str:
+        return str(self.document.get("version") or "")
+
+    @property
+    def checks(self) -> dict:
+        checks = self.document.get("checks") or {}
+        return checks if isinstance(checks, dict) else {}
+
+    @property
+    def failing(self) -> list[tuple[str, str]]:
+        """(dependency, its error) for each check that is not ok."""
+        return [
+            (name, check.get("error", "failing"))
+            for name, check in self.checks.items()
+            if isinstance(check, dict) and not check.get("ok")
+        ]
+
+
+def read_health(status: int, body: str) -> HealthAnswer:
+    """An HTTP status and body of /health/ -> HealthAnswer."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return HealthAnswer(status)
+    return HealthAnswer(status, data, True)

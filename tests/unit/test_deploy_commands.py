@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from opskit.commands import deploy as cmd
 from opskit.shell import join, sh
+from tests.harness.core import ROOT, venv_tool
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "deploy"
 PROD = cmd.ENVIRONMENTS["production"]
@@ -492,13 +495,34 @@ def test_sh_passes_values_as_positional_parameters():
     assert res.stdout == "a b|$(id)|`id`|'|"
 
 
-def test_the_server_stacks_own_service_definition():
-    """compose/server.yml as `docker compose config` resolves it (saved, fake secrets)."""
-    config = json.loads(fixture("compose_config_server.json"))
+def server_stack_config(tmp_path) -> dict:
+    """compose/server.yml as `docker compose config` resolves it, with the env examples
+    (fake secrets): read from the file itself, so a change to it shows here."""
+    env_files = {}
+    for name, example in (("production", "prod"), ("staging", "staging")):
+        text = (ROOT / "config" / f"{example}.env.example").read_text()
+        env_files[name] = tmp_path / f"{name}.env"
+        env_files[name].write_text(re.sub(r"=CHANGE_ME$", f"=fake-{name}-secret", text, flags=re.M))
+    proc = subprocess.run(
+        [venv_tool("docker-compose"), "--project-directory", str(ROOT),
+         "--file", str(ROOT / "compose" / "server.yml"),
+         "--env-file", str(env_files["production"]), "config", "--format", "json"],
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+             "PRODUCTION_ENV_FILE": str(env_files["production"]),
+             "STAGING_ENV_FILE": str(env_files["staging"])},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_the_server_stacks_own_service_definition(tmp_path):
+    config = server_stack_config(tmp_path)
     s = cmd.service_spec(config, "django_prod")
     assert s.image == "aiia/app:production"
     assert s.network == "aiia_network" and s.aliases == ("django_prod",)
-    assert list(s.flags[:2]) == ["--memory", "157286400"]
+    # 144m: the README's memory table
+    assert list(s.flags[:2]) == ["--memory", str(144 * 1024 * 1024)]
     assert ["--user", "10001:10001"] == list(s.flags[s.flags.index("--user") :][:2])
     assert "--read-only" in s.flags
     assert s.volumes == (
