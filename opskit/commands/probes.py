@@ -10,7 +10,10 @@ own environment, so no password is ever part of an argv.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+
+from opskit import environments
 
 POSTGRES_CONNECTIONS_SQL = (
     "SELECT count(*) FILTER (WHERE backend_type = 'client backend') AS connections, "
@@ -125,3 +128,63 @@ def read_health(status: int, body: str) -> HealthAnswer:
     if not isinstance(data, dict):
         return HealthAnswer(status)
     return HealthAnswer(status, data, True)
+
+
+# --- the gate and `fab healthcheck`: /health/ through the network as nginx reaches it ---
+
+# Run inside the nginx container (`bash`, `timeout` and /dev/tcp are in every Debian
+# image): one HTTP/1.0 request, the raw answer on stdout.
+PROBE = r"""exec 3<>"/dev/tcp/$1/$2" || exit 7
+printf 'GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: aiia-deploy\r\n' "$3" "$1" >&3
+printf 'Connection: close\r\n\r\n' >&3
+cat <&3
+"""
+
+
+def probe(
+    host: str,
+    port: int,
+    path: str = "/health/",
+    timeout_s: int = 5,
+    nginx: str = environments.NGINX,
+) -> list[str]:
+    return [
+        "docker",
+        "exec",
+        nginx,
+        "timeout",
+        str(timeout_s),
+        "bash",
+        "-c",
+        PROBE,
+        "probe",
+        host,
+        str(int(port)),
+        path,
+    ]
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    status: int | None
+    version: str = ""
+    detail: str = ""
+
+
+def parse_health(exited: int, text: str) -> Health:
+    if exited != 0 and not text:
+        why = {7: "connection refused or name not found", 124: "no answer in time"}.get(
+            exited, f"probe exited {exited}"
+        )
+        return Health(False, None, detail=why)
+    head, _, body = text.replace("\r\n", "\n").partition("\n\n")
+    m = re.match(r"^HTTP/\d(?:\.\d)?\s+(\d{3})", head)
+    if not m:
+        return Health(False, None, detail=f"not an HTTP answer: {text[:80]!r}")
+    answer = read_health(int(m.group(1)), body)
+    if not answer.healthy:
+        failing = [f"{name}: {error}" for name, error in answer.failing]
+        detail = f"HTTP {answer.status}" + (f" ({', '.join(failing)})" if failing else "")
+        return Health(False, answer.status, answer.version, detail)
+    return Health(True, answer.status, answer.version, "ok")

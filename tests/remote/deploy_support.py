@@ -53,8 +53,8 @@ PROD_HOST, STAGING_HOST = "eduaiia.com", "staging.eduaiia.com"
 # the deploy's own files, taken from the working tree so the server runs this code
 OWN_FILES = (
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "opskit" / "deploy").glob("*.py")),
-    "opskit/commands/deploy.py",
-    "opskit/commands/lock.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "opskit" / "commands").glob("*.py")),
+    "opskit/backup/commands.py",
     "opskit/environments.py",
     "opskit/runner.py",
     "opskit/shell.py",
