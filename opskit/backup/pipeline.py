@@ -193,6 +193,41 @@ def tool_versions(spec: BackupSpec, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def dump_commands(spec: BackupSpec) -> tuple[list[str], list[str]]:
+    """The two programs of a backup: pg_dump, and pg_restore --list reading the same stream."""
+    return (
+        commands.pg_dump(spec.conn, spec.database),
+        commands.pg_restore_list(spec.verify_conn or spec.conn),
+    )
+
+
+def plan(spec: BackupSpec, set_dir: Path) -> list[str]:
+    """What run_backup does, in order: the programs it starts (from the same builders) and
+    the stages this process runs itself (age encryption, checksums, archives)."""
+    dump, verify = dump_commands(spec)
+    encrypt = f"(in this process) age -r {spec.recipient}, sha256"
+    lines = [
+        f"{commands.display(dump)} | {encrypt} > {set_dir}/{manifest.DUMP_FILE}",
+        f"  the same stream | {commands.display(verify)}",
+    ]
+    if spec.env_file:
+        lines.append(
+            f"(in this process) tar -czf - {spec.env_file.name} | age -r ..., sha256 "
+            f"> {set_dir}/{manifest.CONFIG_FILE}"
+        )
+    if spec.media_dir:
+        lines.append(
+            f"(in this process) tar -czf - media | age -r ..., sha256 "
+            f"> {set_dir}/{manifest.MEDIA_FILE}"
+        )
+    lines += [
+        f"(in this process) write {set_dir}/{manifest.MANIFEST_FILE}, read every file back",
+        f"mv {set_dir} {str(set_dir).removesuffix(rotation.PARTIAL_SUFFIX)}",
+        f"rotate {spec.backup_dir}: keep the newest {spec.keep} good sets",
+    ]
+    return lines
+
+
 def _stream_dump(
     spec: BackupSpec,
     target: Path,
@@ -203,16 +238,14 @@ def _stream_dump(
 
     Returns (plaintext bytes, sha256 of the file, file size, TOC summary).
     """
-    verify_conn = spec.verify_conn or spec.conn
+    dump_argv, verify_argv = dump_commands(spec)
     listing = tempfile.TemporaryFile()
-    dump = process.Child(
-        "pg_dump", commands.pg_dump(spec.conn, spec.database), env=env, stdout=subprocess.PIPE
-    )
+    dump = process.Child("pg_dump", dump_argv, env=env, stdout=subprocess.PIPE)
     verifier = None
     try:
         verifier = process.Child(
             "pg_restore --list",
-            commands.pg_restore_list(verify_conn),
+            verify_argv,
             env=env,
             stdin=subprocess.PIPE,
             stdout=listing,

@@ -61,14 +61,7 @@ def _backup(c, env, env_file, transport, host, port, media_dir, backup_dir, dry_
         raise Exit(f"backup: {exc}", code=2) from None
     if dry_run:
         target = spec.backup_dir / f"db_{commands.ENV_SHORT[env]}_<UTC time>.partial"
-        print(
-            f"{commands.display(commands.pg_dump(spec.conn, spec.database))} "
-            f"| age -r {spec.recipient} > {target}/{manifest.DUMP_FILE}"
-        )
-        print(f"  (the same stream) | {commands.display(commands.pg_restore_list(spec.conn))}")
-        if spec.env_file:
-            print(f"tar -czf - {spec.env_file.name} | age -r ... > {target}/{manifest.CONFIG_FILE}")
-        print(f"then MANIFEST.txt, read-back checks, rename, keep the newest {spec.keep}")
+        print("\n".join(pipeline.plan(spec, target)))
         return
     try:
         outcome = jobs.backup(
@@ -145,7 +138,7 @@ def db_restore(
         conn = reach.conn(jobs.SUPERUSER)
         print(f"check {set_dir}/MANIFEST.txt: {manifest.CHECK_COMMAND}")
         print(f"CREATE DATABASE {resolved.get('POSTGRES_DB')}_restore_<UTC time> (psql)")
-        print(f"age -d -i {identity} {set_dir}/{manifest.DUMP_FILE} | "
+        print(f"(in this process) age -d -i {identity} {set_dir}/{manifest.DUMP_FILE} | "
               f"{commands.display(commands.pg_restore(conn, 'scratch'))}")  # fmt: skip
         print(
             "check tables and django_migrations; then "

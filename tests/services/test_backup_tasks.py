@@ -128,7 +128,8 @@ def test_dry_run_prints_the_pipeline_and_runs_nothing(backup_db, age_key, tmp_pa
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith(
         f"docker exec -i aiia_postgresql pg_dump --format=custom --username postgres "
-        f"--no-password --dbname {backup_db.name} | age -r {age_key.recipient} > "
+        f"--no-password --dbname {backup_db.name} | (in this process) age -r "
+        f"{age_key.recipient}, sha256 > "
     )
     assert not (tmp_path / "backups").exists()
 
