@@ -10,8 +10,9 @@ from fabric import Connection, task
 from invoke import Collection, Exit
 
 from opskit.commands.deploy import BuilderError
+from opskit.deploy import predeploy_backup
 from opskit.remote._common import ENV_HELP, PATH_HELP, environment, runner
-from opskit.remote.runner import CommandFailed, ContextRunner
+from opskit.runner import CommandFailed, ContextRunner
 from opskit.swarm import cluster
 
 ROLE_HELP = "web (nginx and Django replicas) or db (PostgreSQL, PgBouncer, Redis)"
@@ -133,11 +134,8 @@ def cluster_up(
 
 
 def _deploy(c, plan: cluster.Plan) -> None:
-    try:
-        from opskit.remote.backup import predeploy as hook
-    except ImportError:
-        hook = None
-    outcome = cluster.Deployer(runner(c), plan, backup=hook).run()
+    # the one pre-deploy backup path: the server's scripts/backup.sh
+    outcome = cluster.Deployer(runner(c), plan, backup=predeploy_backup).run()
     if not outcome.ok:
         raise Exit(code=outcome.exit_code)
 

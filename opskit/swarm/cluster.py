@@ -27,8 +27,8 @@ from dotenv import dotenv_values
 from opskit import settings as settings_mod
 from opskit.commands import deploy as dcmd
 from opskit.commands.lock import HELD, Lock, LockDetails
-from opskit.remote import history
-from opskit.remote.runner import CommandFailed, Runner
+from opskit.deploy import history
+from opskit.runner import CommandFailed, Runner
 from opskit.shell import join
 from opskit.swarm import commands as cmd
 from opskit.swarm import stack as stk

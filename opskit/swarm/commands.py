@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from opskit.commands.deploy import BuilderError, check_image
-from opskit.commands.lock import sh
+from opskit.shell import sh
 from opskit.swarm.stack import ROLE_LABEL, STACK
 
 ROLES = ("web", "db")

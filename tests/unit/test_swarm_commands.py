@@ -12,7 +12,7 @@ import pytest
 
 from opskit.commands import deploy as dcmd
 from opskit.commands.lock import Lock
-from opskit.remote.runner import Result, Runner
+from opskit.runner import Result, Runner
 from opskit.swarm import cluster
 from opskit.swarm import commands as cmd
 from tests.harness.core import ROOT
