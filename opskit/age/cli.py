@@ -160,28 +160,27 @@ def _read_text(path: str, what: str) -> str:
         raise CommandError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+def _keys(parse, text: str, where: str = ""):
+    """`parse(text)`, a malformed key becoming a CommandError that says where it was."""
+    try:
+        return parse(text)
+    except age.KeyFormatError as exc:
+        raise CommandError(f"{where}{exc}") from None
+
+
 def _identities_from(paths: Sequence[str]) -> list[str]:
     identities: list[str] = []
     for path in paths:
-        try:
-            identities += age.parse_identity_file(_read_text(path, "identity file"))
-        except age.KeyFormatError as exc:
-            raise CommandError(f"identity file {path}: {exc}") from None
+        text = _read_text(path, "identity file")
+        identities += _keys(age.parse_identity_file, text, f"identity file {path}: ")
     return identities
 
 
 def _recipients_from(recipients: Sequence[str], files: Sequence[str]) -> list[str]:
-    result: list[str] = []
-    for recipient in recipients:
-        try:
-            result.append(str(age.parse_recipient(recipient)))
-        except age.KeyFormatError as exc:
-            raise CommandError(str(exc)) from None
+    result = [str(_keys(age.parse_recipient, recipient)) for recipient in recipients]
     for path in files:
-        try:
-            result += age.parse_recipients_file(_read_text(path, "recipients file"))
-        except age.KeyFormatError as exc:
-            raise CommandError(f"recipients file {path}: {exc}") from None
+        text = _read_text(path, "recipients file")
+        result += _keys(age.parse_recipients_file, text, f"recipients file {path}: ")
     return result
 
 

@@ -34,6 +34,7 @@ from opskit.commands.compose_run import (  # noqa: F401
     run_release,
     service_spec,
 )
+from opskit.commands.docker import labelled_containers
 from opskit.commands.migrations import (  # noqa: F401
     MANAGE,
     MigrationPlan,
@@ -144,16 +145,9 @@ def inspect(*names: str) -> list[str]:
 
 def env_containers(env: Environment) -> list[str]:
     """Every container of the environment that a deploy created, running or not."""
-    return [
-        "docker",
-        "ps",
-        "--all",
-        "--no-trunc",
-        "--filter",
-        f"label={LABEL_ENV}={env.name}",
-        "--format",
-        '{{.Names}}\t{{.State}}\t{{.Label "' + LABEL_RELEASE + '"}}',
-    ]
+    return labelled_containers(
+        f"{LABEL_ENV}={env.name}", '{{.Names}}\t{{.State}}\t{{.Label "' + LABEL_RELEASE + '"}}'
+    )
 
 
 def parse_env_containers(text: str) -> list[tuple[str, str, str]]:

@@ -29,18 +29,14 @@ def inspect(containers: Sequence[str]) -> list[str]:
     return ["docker", "inspect", "--format", INSPECT_FORMAT, *containers]
 
 
+def labelled_containers(label: str, fmt: str) -> list[str]:
+    """Every container (running or not) carrying `label` (KEY=VALUE), printed with `fmt`."""
+    return ["docker", "ps", "--all", "--no-trunc", "--filter", f"label={label}", "--format", fmt]
+
+
 def project_containers(project: str) -> list[str]:
     """Every container (running or not) of compose project `project`, one JSON per line."""
-    return [
-        "docker",
-        "ps",
-        "--all",
-        "--no-trunc",
-        "--filter",
-        f"label=com.docker.compose.project={project}",
-        "--format",
-        PS_FORMAT,
-    ]
+    return labelled_containers(f"com.docker.compose.project={project}", PS_FORMAT)
 
 
 def exec_(container: str, command: Sequence[str], *, env_names: Sequence[str] = ()) -> list[str]:

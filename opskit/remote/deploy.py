@@ -51,6 +51,16 @@ def _number(value, name: str, kind=float):
         raise Exit(f"--{name}: {value!r} is not a number", 2) from None
 
 
+def _gate(health_attempts, health_interval, drain_timeout, keep) -> dict:
+    """The options deploy and rollback share (the health gate, the drain, what is kept)."""
+    return {
+        "health_attempts": _number(health_attempts, "health-attempts", int),
+        "health_interval_s": _number(health_interval, "health-interval"),
+        "drain_timeout_s": _number(drain_timeout, "drain-timeout"),
+        "keep_releases": _number(keep, "keep", int),
+    }
+
+
 def _run(c, plan: engine.Plan) -> None:
     outcome = engine.Deployer(runner(c), plan).run()
     if not outcome.ok:
@@ -93,10 +103,7 @@ def deploy(
         image=image,
         why=why,
         skip_backup=skip_backup,
-        health_attempts=_number(health_attempts, "health-attempts", int),
-        health_interval_s=_number(health_interval, "health-interval"),
-        drain_timeout_s=_number(drain_timeout, "drain-timeout"),
-        keep_releases=_number(keep, "keep", int),
+        **_gate(health_attempts, health_interval, drain_timeout, keep),
         extra_ca=extra_ca,
         path=path,
         stack_file=stack_file,
@@ -134,10 +141,7 @@ def rollback(
         "rollback",
         to_release=to,
         why=why,
-        health_attempts=_number(health_attempts, "health-attempts", int),
-        health_interval_s=_number(health_interval, "health-interval"),
-        drain_timeout_s=_number(drain_timeout, "drain-timeout"),
-        keep_releases=_number(keep, "keep", int),
+        **_gate(health_attempts, health_interval, drain_timeout, keep),
         path=path,
         stack_file=stack_file,
         dry_run=dry_run,

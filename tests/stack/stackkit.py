@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
@@ -281,3 +282,23 @@ def stack_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The files a clone would have (tracked and new, no ignored ones: no .env, no .venv).
+
+    Copied rather than `git clone`d, so that work not yet committed is tested too.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for raw in filter(None, listed):
+        src = ROOT / raw.decode()
+        if src.is_file():
+            target = dest / raw.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    return dest

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,36 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.core import ROOT, free_port, venv_tool, wait_until
+from tests.harness.core import free_port, venv_tool, wait_until
 from tests.stack.stackkit import (
     TEST_PROJECT_PREFIX,
     Compose,
     build_variables,
     container_state,
+    fresh_copy,
 )
-
-
-def fresh_clone(dest: Path) -> Path:
-    """The files a clone of this tree would have: tracked and new ones, no ignored ones.
-
-    (Copied rather than `git clone`d so that work not yet committed is tested too; an
-    .env, storage_dev/ or a virtualenv of the developer's never comes along.)
-    """
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for raw in filter(None, listed):
-        rel = raw.decode()
-        src = ROOT / rel
-        if not src.is_file():  # deleted in the working tree
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-    return dest
 
 
 def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -75,7 +52,7 @@ class DevStack:
 
 @pytest.fixture(scope="module")
 def dev_stack(docker_engine, tmp_path_factory) -> Iterator[DevStack]:
-    clone = fresh_clone(tmp_path_factory.mktemp("fresh-clone"))
+    clone = fresh_copy(tmp_path_factory.mktemp("fresh-clone"))
     assert not (clone / ".env").exists()
     project = f"{TEST_PROJECT_PREFIX}dev_{uuid.uuid4().hex[:8]}"
     port = free_port()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -34,6 +33,7 @@ from tests.stack.stackkit import (
     ServerStack,
     build_variables,
     docker,
+    fresh_copy,
 )
 
 INV = [sys.executable, "-m", "invoke"]
@@ -76,23 +76,6 @@ class Checkout:
             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
         return proc
-
-
-def fresh_copy(dest: Path) -> Path:
-    """The files a clone would have (tracked and new, no ignored ones: no .env, no .venv)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for raw in filter(None, listed):
-        src = ROOT / raw.decode()
-        if src.is_file():
-            target = dest / raw.decode()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-    return dest
 
 
 def project_volumes(project: str) -> list[str]:
