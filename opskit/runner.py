@@ -66,30 +66,17 @@ class Runner:
     ) -> Result:
         raise NotImplementedError
 
-    def check(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float | None = None,
-        what: str = "",
-    ) -> Result:
-        result = self.run(argv, stdin=stdin, timeout=timeout)
+    def check(self, argv: Sequence[str], *, what: str = "", **how) -> Result:
+        """run(), raising CommandFailed (named `what`) unless it exited 0."""
+        result = self.run(argv, **how)
         if not result.ok:
             raise CommandFailed(result, what)
         return result
 
-    def ask(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float | None = None,
-        assume: str | None = None,
-    ) -> Result:
+    def ask(self, argv: Sequence[str], *, assume: str | None = None, **how) -> Result:
         """A read-only question. `assume` is the answer a dry run takes instead of asking,
         when the question is about something only a real run creates (a new container)."""
-        return self.run(argv, stdin=stdin, timeout=timeout)
+        return self.run(argv, **how)
 
 
 NOT_RUN = "(dry run: not run)\n"
@@ -121,18 +108,11 @@ class DryRunner(Runner):
     ) -> Result:
         return Result(self._show(argv, ""), 0, NOT_RUN)
 
-    def ask(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: str | None = None,
-        timeout: float | None = None,
-        assume: str | None = None,
-    ) -> Result:
+    def ask(self, argv: Sequence[str], *, assume: str | None = None, **how) -> Result:
         shown = self._show(argv, "? ")
         if assume is not None:
             return Result(shown, 0, assume)
-        return self.real.ask(argv, stdin=stdin, timeout=timeout)
+        return self.real.ask(argv, **how)
 
 
 class _WholeStdin(io.StringIO):

@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from fabric import Connection
-from fabric.testing.base import Command, MockRemote
 from invoke import Exit
 
 from opskit.remote import certs as remote_certs
 from opskit.shell import join
 from tests.harness.core import venv_tool
+from tests.harness.fabtest import run_task
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("eduaiia.com", "www.eduaiia.com", "staging.eduaiia.com", "devstatus.eduaiia.com")
@@ -78,16 +78,6 @@ def s_client(cert_pem: str) -> str:
         "CONNECTED(00000003)\n---\nCertificate chain\n 0 s:CN = eduaiia.com\n---\n"
         f"Server certificate\n{cert_pem}subject=CN = eduaiia.com\n---\nDONE\n"
     )
-
-
-def run_task(task, answers, **kwargs):
-    remote = MockRemote()
-    remote.expect(commands=[Command(cmd=c, out=o.encode(), exit=e) for c, o, e in answers])
-    try:
-        task(Connection("server.example", user="ubuntu"), **kwargs)
-    finally:
-        remote.stop()
-    remote.safety()
 
 
 OLD = pem(60.5, 0xA1)

@@ -368,39 +368,17 @@ def test_probe_script_speaks_http_to_a_real_server(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # what cmd.probe runs inside nginx, here on this machine
+    argv = ["timeout", "5", "bash", "-c", cmd.PROBE, "probe", "127.0.0.1",
+            str(server.server_port), "/health/"]  # fmt: skip
     try:
-        argv = [
-            "timeout",
-            "5",
-            "bash",
-            "-c",
-            cmd.PROBE,
-            "probe",
-            "127.0.0.1",
-            str(server.server_port),
-            "/health/",
-        ]
         res = subprocess.run(argv, capture_output=True, text=True)
     finally:
         server.shutdown()
         server.server_close()
     health = cmd.parse_health(res.returncode, res.stdout)
     assert health == cmd.Health(True, 200, "v2-3-gabc", "ok")
-    closed = subprocess.run(
-        [
-            "timeout",
-            "5",
-            "bash",
-            "-c",
-            cmd.PROBE,
-            "probe",
-            "127.0.0.1",
-            str(server.server_port),
-            "/health/",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    closed = subprocess.run(argv, capture_output=True, text=True)
     assert cmd.parse_health(closed.returncode, closed.stdout).ok is False
 
 

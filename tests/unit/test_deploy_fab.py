@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from fabric import Connection
-from fabric.testing.base import Command, MockRemote
 from invoke import Exit
 
 from opskit.commands import deploy as cmd
@@ -21,6 +20,7 @@ from opskit.remote import deploy as remote_deploy
 from opskit.remote import lock as remote_lock
 from opskit.shell import join
 from tests.harness.core import venv_tool
+from tests.harness.fabtest import run_task
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD = cmd.environment("production")
@@ -63,16 +63,6 @@ def test_fab_list_shows_every_task_with_its_help():
         "--dry-run",
     ):
         assert option in help_
-
-
-def run_task(task, answers, **kwargs):
-    remote = MockRemote()
-    remote.expect(commands=[Command(cmd=c, out=o.encode(), exit=e) for c, o, e in answers])
-    try:
-        task(Connection("server.example", user="ubuntu"), **kwargs)
-    finally:
-        remote.stop()
-    remote.safety()
 
 
 def test_lock_status_over_ssh_explains_a_stale_lock(capsys):
