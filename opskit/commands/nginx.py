@@ -47,8 +47,14 @@ def nginx_test(nginx: str = NGINX) -> list[str]:
     return ["docker", "exec", nginx, "nginx", "-t", "-q"]
 
 
+# nginx/reload.sh in the image (aiia-reload): lets kept-alive connections end cleanly
+# before the graceful reload, so that it costs no client a request; an image built before
+# it existed reloads directly
+RELOAD = "command -v aiia-reload >/dev/null 2>&1 && exec aiia-reload; exec nginx -s reload"
+
+
 def nginx_reload(nginx: str = NGINX) -> list[str]:
-    return ["docker", "exec", nginx, "nginx", "-s", "reload"]
+    return ["docker", "exec", nginx, "sh", "-c", RELOAD]
 
 
 # nginx retitles a worker that still finishes requests after a reload; the brackets keep

@@ -20,9 +20,10 @@ The steps (a rollback skips 3 to 5):
 6. release: the new container started beside the serving one, with the service's
    exact definition; gated on /health/ probed from inside the nginx container, the way
    nginx will reach it (30 attempts 2 s apart by default).
-7. switch: nginx's upstream file names the new container, `nginx -t`, graceful
-   `nginx -s reload`; the old workers drain, the old container stops, the new one takes
-   the guide's stable name (aiia_django_prod) and nginx is pointed at that name.
+7. switch: nginx's upstream file names the new container, `nginx -t`, and one graceful
+   reload that first lets kept-alive connections end cleanly (nginx/reload.sh); the old
+   workers drain, the old container stops, the new one takes the guide's stable name
+   (aiia_django_prod) and the upstream file names it (for the next reload; no reload).
 8. unlock: the lock is released and one line appended to logs/deploys.log.
 
 Nothing before step 7 touches what is serving: any failure there removes what the

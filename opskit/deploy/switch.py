@@ -103,16 +103,23 @@ class Switch:
 
     # --- 7. switch ----------------------------------------------------------------------
 
-    def _point_nginx(self, host: str, port: int, release: str) -> Result | None:
-        """Write the upstream file, test, reload. None when done; else the failed result."""
+    def _point_nginx(
+        self, host: str, port: int, release: str, *, reload: bool = True
+    ) -> Result | None:
+        """Write the upstream file, test, reload. None when done; else the failed result.
+
+        Without `reload` the file only names the container nginx already sends to (the
+        release under its stable name): the next reload reads it, and no reload, which
+        nginx 1.22 cannot make free for every client, is spent on a rename.
+        """
         conf = cmd.upstream_conf(host, port, release)
         wrote = self.r.run(cmd.write_upstream(self.env), stdin=conf)
         if not wrote.ok:
             return wrote
         tested = self.r.run(cmd.nginx_test())
-        if not tested.ok:
-            return tested
-        reloaded = self.r.run(cmd.nginx_reload())
+        if not tested.ok or not reload:
+            return None if tested.ok else tested
+        reloaded = self.r.run(cmd.nginx_reload(), timeout=120)
         return None if reloaded.ok else reloaded
 
     def _switch(self, s: State) -> str:
@@ -148,7 +155,7 @@ class Switch:
         renamed = self.r.run(cmd.rename(s.new_container, env.container))
         if renamed.ok:
             released_name, s.new_container = s.new_container, env.container
-            failed = self._point_nginx(env.container, s.port, s.release)
+            failed = self._point_nginx(env.container, s.port, s.release, reload=False)
             if failed is not None:
                 s.warnings.append(
                     f"nginx still names {released_name}, which now runs as {env.container}; "

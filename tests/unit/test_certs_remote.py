@@ -31,7 +31,10 @@ READ = "docker exec aiia_nginx cat -- /etc/letsencrypt/live/eduaiia.com/cert.pem
 SERVED = "docker exec aiia_nginx openssl s_client -connect 127.0.0.1:443 -servername eduaiia.com"
 RENEW = "docker exec aiia_nginx certbot renew --non-interactive --cert-name eduaiia.com"
 NGINX_T = "docker exec aiia_nginx nginx -t -q"
-RELOAD = "docker exec aiia_nginx nginx -s reload"
+RELOAD = (
+    "docker exec aiia_nginx sh -c 'command -v aiia-reload >/dev/null 2>&1 && exec aiia-reload;"
+    " exec nginx -s reload'"
+)
 
 NOT_DUE = """Saving debug log to /var/log/letsencrypt/letsencrypt.log
 

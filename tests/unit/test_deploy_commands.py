@@ -419,7 +419,10 @@ def test_upstream_file_round_trip_and_atomic_write():
         "/run/nginx/conf/upstreams/prod.conf",
     ]
     assert cmd.nginx_test() == ["docker", "exec", "aiia_nginx", "nginx", "-t", "-q"]
-    assert cmd.nginx_reload() == ["docker", "exec", "aiia_nginx", "nginx", "-s", "reload"]
+    assert cmd.nginx_reload() == [
+        "docker", "exec", "aiia_nginx", "sh", "-c",
+        "command -v aiia-reload >/dev/null 2>&1 && exec aiia-reload; exec nginx -s reload",
+    ]  # fmt: skip
 
 
 def test_draining_counts_retitled_workers(tmp_path):
