@@ -67,7 +67,9 @@ class Record:
                 else f": {reason}"
             )
         )
-        if not p.dry_run:  # a webhook is told of deploys that happened, not of plans
+        if p.dry_run:  # a webhook is told of deploys that happened, not of plans
+            self.say("dry run: nothing was changed; the commands shown are what a real run sends")
+        else:
             self._notify(s, entry, ok, reason, seconds)
         if p.transcript and not locked_out:
             self.r.run(
