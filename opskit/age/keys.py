@@ -49,6 +49,18 @@ class Stanza:
         return self.args[0]
 
 
+def _stanzas_of(stanzas: Sequence[Stanza], kind: str, arguments: int) -> Iterator[Stanza]:
+    """The stanzas of one type, each checked to carry its number of arguments."""
+    for stanza in stanzas:
+        if stanza.type != kind:
+            continue
+        if len(stanza.args) != arguments + 1:
+            raise HeaderError(
+                f"malformed {kind} stanza: {len(stanza.args) - 1} arguments instead of {arguments}"
+            )
+        yield stanza
+
+
 class Recipient(Protocol):
     """Something that wraps a file key into stanzas (the public side)."""
 
@@ -120,13 +132,7 @@ class X25519Identity:
         return X25519Recipient(self._public_bytes)
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        for stanza in stanzas:
-            if stanza.type != "X25519":
-                continue
-            if len(stanza.args) != 2:
-                raise HeaderError(
-                    f"malformed X25519 stanza: {len(stanza.args) - 1} arguments instead of 1"
-                )
+        for stanza in _stanzas_of(stanzas, "X25519", 1):
             share = _b64decode(stanza.args[1].encode("ascii"), "the X25519 share")
             if len(share) != 32:
                 raise HeaderError(
@@ -192,13 +198,7 @@ class ScryptIdentity:
         return f"ScryptIdentity(max_work_factor={self.max_work_factor})"
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        for stanza in stanzas:
-            if stanza.type != "scrypt":
-                continue
-            if len(stanza.args) != 3:
-                raise HeaderError(
-                    f"malformed scrypt stanza: {len(stanza.args) - 1} arguments instead of 2"
-                )
+        for stanza in _stanzas_of(stanzas, "scrypt", 2):
             salt = _b64decode(stanza.args[1].encode("ascii"), "the scrypt salt")
             if len(salt) != 16:
                 raise HeaderError(f"malformed scrypt stanza: the salt is {len(salt)} bytes, not 16")
