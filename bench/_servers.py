@@ -11,8 +11,9 @@ tuned   nginx (the shipped templates) -> gunicorn gthread with app/gunicorn.conf
 stock   what a Django deploy looks like without that tuning: gunicorn with its defaults
         (sync worker, `--workers 2`), Django's default database settings (a new
         PostgreSQL connection per request, CONN_MAX_AGE=0) straight to PostgreSQL, no
-        PgBouncer; PostgreSQL with the packaged sample postgresql.conf (all defaults);
-        Redis with an empty redis.conf (all defaults: no maxmemory). Same app, same
+        PgBouncer, translations on (USE_I18N, Django's default); PostgreSQL with the
+        packaged sample postgresql.conf (all defaults); Redis with an empty redis.conf
+        (all defaults: no maxmemory). Same app, same
         cache and cached_db sessions, same roles and passwords (pg_hba.conf, ACLs).
 """
 
@@ -53,6 +54,7 @@ for _key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "DISABLE_SERVER_SIDE_CURSORS"
     _db.pop(_key, None)
 for _key in ("prepare_threshold", "server_side_binding"):
     _db["OPTIONS"].pop(_key, None)
+USE_I18N = True  # Django's default; the project turns translations off
 '''
 
 

@@ -165,7 +165,10 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
-USE_I18N = True
+# English only (no LocaleMiddleware, no translations of our own): without the translation
+# machinery a logged-in admin index runs 13% fewer Python calls (14,039 against 16,166,
+# cProfile); dates and numbers keep the English formats
+USE_I18N = False
 USE_TZ = True
 
 # --- Files nginx serves ----------------------------------------------------------------
