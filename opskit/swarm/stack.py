@@ -42,7 +42,11 @@ NETWORK = "aiia_network"
 ROLE_LABEL = "aiia.role"  # docker node update --label-add aiia.role=web|db NODE
 WEB, DB = "web", "db"
 
-# where each service runs and how many; nginx runs once on every web node
+# where each service runs and how many. nginx and production run once on every web node:
+# a web node that fails takes one of each with it and the others keep answering (a
+# replicated service may have every task on one node after an update: start-first puts
+# the new task wherever the scheduler likes). Staging's one task is started again on
+# another web node when its node fails.
 PLACEMENT = {
     "nginx": WEB,
     "django_prod": WEB,
@@ -51,8 +55,8 @@ PLACEMENT = {
     "pgbouncer": DB,
     "redis": DB,
 }
-REPLICAS = {"django_prod": 2, "django_staging": 1, "postgresql": 1, "pgbouncer": 1, "redis": 1}
-GLOBAL = ("nginx",)
+REPLICAS = {"django_staging": 1, "postgresql": 1, "pgbouncer": 1, "redis": 1}
+GLOBAL = ("nginx", "django_prod")
 # rolling updates start the new task first and switch when its health check passes; the
 # data services must never run twice on one volume, and nginx's host ports can be bound
 # by one task per node only: those stop first

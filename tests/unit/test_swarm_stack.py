@@ -77,7 +77,8 @@ def test_placement_replicas_and_start_first_updates():
         assert svc[name]["deploy"]["placement"]["constraints"] == ["node.labels.aiia.role == db"]
         assert svc[name]["deploy"]["update_config"]["order"] == "stop-first"
     assert "pgdata:/var/lib/postgresql/data" in svc["postgresql"]["volumes"]
-    assert svc["django_prod"]["deploy"]["replicas"] == 2
+    assert svc["django_prod"]["deploy"]["mode"] == "global"
+    assert svc["django_staging"]["deploy"]["replicas"] == 1
     for name in ("django_prod", "django_staging"):
         update = svc[name]["deploy"]["update_config"]
         assert update["order"] == "start-first"
