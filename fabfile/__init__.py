@@ -15,6 +15,7 @@ MODULES = (
     "opskit.remote.backup",
     "opskit.remote.certs",
     "opskit.remote.cluster",
+    "opskit.remote.monitor",
 )
 
 ns = namespace(MODULES)

@@ -65,8 +65,15 @@ cleanup() {
 trap cleanup EXIT
 
 who="${SUDO_USER:-${USER:-$(id -un)}}@$(hostname) (scripts/deploy.sh)"
+# The engine needs no network but to deliver the Slack-compatible webhook: when the
+# checkout's env file sets SLACK_WEBHOOK_URL it gets Docker's default bridge (outbound
+# only, no stack network); otherwise none. The URL itself stays in the env file.
+network=none
+if grep -qsE '^[[:space:]]*SLACK_WEBHOOK_URL=["'"'"']?[^[:space:]"'"'"'#]' "$root/.env"; then
+  network=bridge
+fi
 coproc ENGINE {
-  docker run --rm -i --network none --read-only --user "$(id -u):$(id -g)" \
+  docker run --rm -i --network "$network" --read-only --user "$(id -u):$(id -g)" \
     --memory 96m --cap-drop ALL --security-opt no-new-privileges:true --no-healthcheck \
     -v "$root/opskit:/opt/aiia/opskit:ro" -v "$bridge:$bridge" \
     -e PYTHONPATH=/opt/aiia -e PYTHONDONTWRITEBYTECODE=1 -w /opt/aiia \

@@ -50,6 +50,7 @@ PACKAGES=(
   age openssh-server openssh-client debootstrap shellcheck wrk nghttp2-client docker-registry cron
   gettext-base sslscan
   pebble certbot
+  chromium
 )
 
 step_python() {

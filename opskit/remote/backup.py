@@ -59,6 +59,19 @@ def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") ->
     return f"{CRON_SCHEDULE} {shlex.quote(f'{path}/{CRON_MARK}')} {env}"
 
 
+STATUS_SCHEDULE = "* * * * *"  # the status collector: every minute, nothing resident
+DRILL_SCHEDULE = "30 3 * * 0"  # the restore drill: Sundays 03:30, after the 02:00 backup
+
+
+def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
+    """Every entry the server's crontab needs for `env`: its backup and its weekly
+    restore drill; the status collector once per box, with production's entries."""
+    lines = [cron_line(path, env), f"{DRILL_SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}"]
+    if env == "production":
+        lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} run")
+    return lines
+
+
 def merge_crontab(current: str, line: str) -> tuple[str, bool]:
     """The crontab with `line` in it exactly once; (text, changed).
 
@@ -272,21 +285,32 @@ def _remote_settings(c, root: str, env: str) -> dict[str, str]:
     }
 )
 def install_cron(c, env="production", path=None, user=None, dry_run=False):
-    """Install the guide's daily 02:00 backup entry in the crontab (once, however often run)."""
+    """Install cron entries once: daily backup, weekly restore drill, status every minute.
+
+    The guide's 02:00 backup, the Sunday 03:30 restore drill and, with production, the
+    status collector (scripts/status.sh); running it again changes nothing."""
     root = checkout(env, path)
-    line = cron_line(root, env)
+    lines = cron_lines(root, env)
     current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,
                     in_stream=False)  # fmt: skip
     if not current.ok and "no crontab" not in current.stderr:
         raise Exit(f"crontab -l failed on {c.host}: {current.stderr.strip()} (is cron "
                    "installed? apt-get install cron)", 1)  # fmt: skip
-    text, changed = merge_crontab(current.stdout if current.ok else "", line)
+    text = current.stdout if current.ok else ""
+    changed = []
+    for line in lines:
+        text, one = merge_crontab(text, line)
+        if one:
+            changed.append(line)
     if dry_run or not changed:
         print(text, end="")
-        print(f"install-cron: {'would install' if changed else 'already installed'}: {line}")
+        for line in lines:
+            state = "would install" if line in changed else "already installed"
+            print(f"install-cron: {state}: {line}")
         return
     crontab_write(c, user, text)
-    print(f"install-cron: installed: {line}")
+    for line in lines:
+        print(f"install-cron: {'installed' if line in changed else 'already installed'}: {line}")
 
 
 ns = Collection(backup, install_cron)

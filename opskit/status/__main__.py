@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--deploy-log", action="append", type=Path, default=[])
         p.add_argument("--backup-dir", type=Path)
         p.add_argument("--drill-file", type=Path)
+        p.add_argument("--docker-socket", default=C.Options.docker_socket)
+        p.add_argument("--cgroup-root", type=Path, default=C.Options.cgroup_root,
+                       help="the host's /sys/fs/cgroup (containers' memory and CPU)")  # fmt: skip
         p.add_argument("--domain", action="append", default=[], metavar="ENV=NAME",
                        help="the site name of an environment (default: the guide's)")  # fmt: skip
         if name == "run":
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         nginx_port=int(port),
         domains=domains,
         prefix=args.prefix,
+        docker_socket=args.docker_socket,
+        cgroup_root=args.cgroup_root,
         webhook=_webhook(getattr(args, "env_file", None)),
     )
     if args.command == "run":

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opskit.status import accesslog, procfs
+from opskit.status import accesslog, cgroups, procfs
 from opskit.status import rules as R
 from opskit.status.docker_api import Docker, DockerError
 
@@ -65,6 +65,9 @@ class Options:
     proc: Path = Path("/proc")
     disk_path: Path = Path("/")
     docker_socket: str = "/var/run/docker.sock"
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    # containers of the collector itself (scripts/status.sh) are not services
+    own_prefix: str = "aiia_status_"
     webhook: object = None  # a Secret, or None: alerts are only logged
     rotate_bytes: int = ROTATE_BYTES
     log_lines: int = 50
@@ -152,15 +155,20 @@ def _containers(snap: Snapshot, opts: Options, docker: Docker, state: dict) -> N
     cpu_now = {}
     for c in found:
         name = c["Name"].lstrip("/")
+        if name.startswith(opts.own_prefix):
+            continue
         st = c.get("State") or {}
         used, cpu = 0, None
         if st.get("Running"):
             try:
-                stats = docker.stats(name)
-                used = _memory_used(stats)
-                total = int(
-                    ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0
+                used, total = cgroups.usage(
+                    opts.cgroup_root, c["Id"], (c.get("HostConfig") or {}).get("CgroupParent") or ""
                 )
+                if used is None or total is None:
+                    stats = docker.stats(name)
+                    used = _memory_used(stats)
+                    cpu_usage = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+                    total = int(cpu_usage.get("total_usage") or 0)
                 cpu_now[name] = [total, real_now, st.get("StartedAt", "")]
                 before = prev_cpu.get(name)
                 if before and before[2] == st.get("StartedAt", "") and real_now > before[1]:
@@ -316,14 +324,15 @@ def _access_log(snap: Snapshot, opts: Options, docker: Docker, state: dict) -> N
     if opts.access_log is None:
         return
     pos = accesslog.Position.from_dict(state.get("access_log"))
+    agg = accesslog.Aggregate()
     try:
-        lines, pos = accesslog.read_new(opts.access_log, pos)
+        pos = accesslog.follow(opts.access_log, pos, agg.add)
     except OSError as exc:
         snap.problems.append(f"access log: {exc}")
         return
-    snap.requests, bad = accesslog.aggregate(lines)
-    if bad:
-        snap.problems.append(f"access log: {bad} line(s) not in nginx's aiia_json format")
+    snap.requests = agg.minutes
+    if agg.bad:
+        snap.problems.append(f"access log: {agg.bad} line(s) not in nginx's aiia_json format")
     try:
         if opts.access_log.stat().st_size > opts.rotate_bytes:
             opts.access_log.replace(opts.access_log.with_name(opts.access_log.name + ".1"))

@@ -39,10 +39,10 @@ h2{font-size:16px;margin:4px 0 8px}
 .card.yellow{border-left-color:#b26a00}.card.red{border-left-color:#c62828}.card.grey{border-left-color:#888}
 .card b{display:block}
 .charts{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0}figcaption{font-weight:bold}
+figure{margin:0}figcaption{font-weight:bold;font-size:13px}
 table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eee}
 td.num,th.num{text-align:right}
-.ok{color:#2e7d32}.failed{color:#c62828}
+td.ok{color:#2e7d32}td.failed{color:#c62828;font-weight:bold}
 pre{background:#111;color:#ddd;padding:8px;overflow-x:auto;font-size:12px;max-height:360px}
 footer{padding:8px 20px;color:#555}
 """
@@ -269,7 +269,12 @@ def render(
         chart("p95 latency ms, 24 h", hist.series("p95_ms", since), since, now, unit="",
               lines=[(200, "goal 200 ms", "#b26a00")]),
     ]  # fmt: skip
-    chart_html = "".join(f"<figure>{c}</figure>" for c in charts)
+    titles = ("CPU % of the box", "memory in use, MB (512 MB box, 400 MB alert)",
+              "requests per minute", "5xx share of requests, %", "p95 latency, ms")  # fmt: skip
+    chart_html = "".join(
+        f"<figure><figcaption>{_e(t)}</figcaption>{c}</figure>"
+        for t, c in zip(titles, charts, strict=True)
+    )
 
     minutes = [(ts, hist.minute(ts)) for ts, r in requests[-15:] if r]
     minute_rows = "".join(_minute_row(ts, m) for ts, m in reversed(minutes) if m)

@@ -681,6 +681,7 @@ class NginxServer:
             "NGINX_ACME_ROOT": str(self.site_root("acme")),
             "NGINX_RUN_DIR": str(self.root / "run"),
             "NGINX_ACCESS_LOG": str(self.access_log),
+            "NGINX_ACCESS_LOG_FILE": str(self.root / "log" / "access-file.log"),
             "NGINX_ERROR_LOG": str(self.error_log),
             "STATUS_USER": self.status_user,
             "STATUS_PASSWORD": self.status_password,
@@ -722,7 +723,8 @@ class NginxServer:
 
 
 def make_nginx(root: Path, upstreams: dict[str, str]) -> NginxServer:
-    """Lay out certificates, roots and a status page under `root` (not yet started).
+    """Lay out certificates and roots under `root` (not yet started); the status page is
+    the collector's to write (tests/services/test_nginx.py runs it).
 
     `root` must be reachable by the www-data workers (see _world_tmpdir).
     """
@@ -737,7 +739,6 @@ def make_nginx(root: Path, upstreams: dict[str, str]) -> NginxServer:
         for sub in ("static", "media"):
             (root / "www" / site / sub).mkdir()
         (root / "www" / site / "static" / "app.css").write_text(f"/* {site} */ body {{}}\n")
-    (root / "www" / "status" / "index.html").write_text("<h1>aiia status</h1>\n")
     (root / "log").mkdir()
     (root / "run").mkdir()
     os.chown(root / "run", 0, www.pw_gid)

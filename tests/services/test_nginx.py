@@ -564,13 +564,29 @@ def test_devstatus_needs_credentials(nginx_server):
     assert wrong.status == 401
 
 
-def test_devstatus_serves_the_status_page_with_credentials(nginx_server):
+def test_devstatus_serves_the_page_the_collector_wrote(nginx_server, tmp_path):
+    """The status collector (not the test) writes the page; nginx serves it and its CSS."""
+    page_dir = nginx_server.site_root("status")
     auth = basic(nginx_server.status_user, nginx_server.status_password)
+    proc = subprocess.run(
+        [sys.executable, "-m", "opskit.status", "run", "--db", str(tmp_path / "status.db"),
+         "--page-dir", str(page_dir), "--nginx", f"127.0.0.1:{nginx_server.https_port}",
+         "--access-log", str(nginx_server.root / "log" / "access-file.log"),
+         "--docker-socket", str(tmp_path / "no-engine.sock")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     resp = request(nginx_server, STATUS, "/", headers=auth)
     assert resp.status == 200
-    assert b"aiia status" in resp.body
+    body = resp.body.decode()
+    assert body == (page_dir / "index.html").read_text()
+    assert "<svg" in body and 'href="status.css"' in body
+    # /health/ of both environments went through this nginx to the upstreams
+    assert 'data-uptime="production-24h">100.00 %' in body
     assert_security_headers(resp)
     assert resp.header("cache-control") == "no-cache"
+    css = request(nginx_server, STATUS, "/status.css", headers=auth)
+    assert css.status == 200 and css.header("content-type").startswith("text/css")
 
 
 def test_htpasswd_is_not_world_readable(nginx_server):
