@@ -66,7 +66,10 @@ DRILL_SCHEDULE = "30 3 * * 0"  # the restore drill: Sundays 03:30, after the 02:
 def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
     """Every entry the server's crontab needs for `env`: its backup and its weekly
     restore drill; the status collector once per box, with production's entries."""
-    lines = [cron_line(path, env), f"{DRILL_SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}"]
+    lines = [
+        cron_line(path, env),
+        f"{DRILL_SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}",
+    ]
     if env == "production":
         lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} run")
     return lines

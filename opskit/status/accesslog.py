@@ -23,7 +23,7 @@ from pathlib import Path
 
 OWN_AGENT = "aiia-status/"
 # read at most this much per run (a backlog after a long stop is caught up over runs)
-MAX_BYTES = 64 * 1024 * 1024
+MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Position:
         return cls(int(data.get("inode", 0)), int(data.get("offset", 0)))
 
 
-BLOCK = 256 * 1024
+BLOCK = 64 * 1024
 
 
 def _feed(path: Path, offset: int, sink: Callable[[bytes], None], budget: int) -> int:
@@ -67,8 +67,8 @@ def _feed(path: Path, offset: int, sink: Callable[[bytes], None], budget: int) -
                 sink(line)
             offset += end + 1  # the file position of `rest`
             rest = data[end + 1 :]
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(f.fileno(), start, max(offset - start, 0), os.POSIX_FADV_DONTNEED)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), start, offset - start, os.POSIX_FADV_DONTNEED)
     return offset
 
 

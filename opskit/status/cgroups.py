@@ -47,7 +47,10 @@ def usage(root: Path, cid: str, parent: str = "") -> tuple[int | None, int | Non
                 break
         return (None if used is None else max(used - inactive, 0)), cpu
     # cgroup v2: systemd driver, then cgroupfs
-    for d in (root / (parent or "system.slice") / f"docker-{cid}.scope", root / (parent or "docker") / cid):
+    for d in (
+        root / (parent or "system.slice") / f"docker-{cid}.scope",
+        root / (parent or "docker") / cid,
+    ):
         if d.is_dir():
             used = _read_int(d / "memory.current")
             inactive = _stat(d / "memory.stat").get("inactive_file", 0)

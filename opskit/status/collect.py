@@ -395,7 +395,8 @@ def readings(snap: Snapshot, state: dict) -> list[R.Reading]:
     for entry in snap.deploys:
         latest[entry.get("env", "?")] = entry
     for env, entry in latest.items():
-        detail = f"{entry.get('action', 'deploy')} by {entry.get('who', '?')} at {entry.get('when', '?')}"
+        who, when = entry.get("who", "?"), entry.get("when", "?")
+        detail = f"{entry.get('action', 'deploy')} by {who} at {when}"
         if entry.get("reason"):
             detail += f": {entry['reason']}"
         out.append(R.deploy(env, entry.get("result") == "ok", detail))

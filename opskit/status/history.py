@@ -27,11 +27,14 @@ SAMPLE_COLUMNS = (
 
 BOX_COLUMNS = SAMPLE_COLUMNS[:5]
 
+_REAL = ", ".join(c + " REAL" for c in SAMPLE_COLUMNS)
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS samples (ts INTEGER PRIMARY KEY, {", ".join(c + " REAL" for c in SAMPLE_COLUMNS)});
-CREATE TABLE IF NOT EXISTS hourly (ts INTEGER PRIMARY KEY, {", ".join(c + " REAL" for c in SAMPLE_COLUMNS)}, cpu_max REAL, mem_max REAL);
-CREATE TABLE IF NOT EXISTS uptime (ts INTEGER, env TEXT, ok INTEGER, ms REAL, PRIMARY KEY (ts, env));
-CREATE TABLE IF NOT EXISTS uptime_daily (day INTEGER, env TEXT, ok INTEGER, total INTEGER, PRIMARY KEY (day, env));
+CREATE TABLE IF NOT EXISTS samples (ts INTEGER PRIMARY KEY, {_REAL});
+CREATE TABLE IF NOT EXISTS hourly (ts INTEGER PRIMARY KEY, {_REAL}, cpu_max REAL, mem_max REAL);
+CREATE TABLE IF NOT EXISTS uptime
+    (ts INTEGER, env TEXT, ok INTEGER, ms REAL, PRIMARY KEY (ts, env));
+CREATE TABLE IF NOT EXISTS uptime_daily
+    (day INTEGER, env TEXT, ok INTEGER, total INTEGER, PRIMARY KEY (day, env));
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -39,6 +42,8 @@ CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT);
 def _open(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     conn.execute("PRAGMA journal_mode=DELETE")
+    # 512 KiB of page cache (SQLite's default is 2 MiB): a run reads a few thousand rows
+    conn.execute("PRAGMA cache_size=-512")
     row = conn.execute("PRAGMA quick_check").fetchone()
     if not row or row[0] != "ok":
         conn.close()

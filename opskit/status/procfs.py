@@ -79,7 +79,6 @@ class Disk:
 def disk(path: str | Path) -> Disk:
     """The filesystem holding `path` (the status volume lives on the box's disk)."""
     st = os.statvfs(path)
-    total = st.f_blocks * st.f_frsize
     # like df: space reserved for root counts as neither free nor usable
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
     usable = used + st.f_bavail * st.f_frsize

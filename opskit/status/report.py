@@ -18,7 +18,8 @@ def alerts(snap: Snapshot) -> list[str]:
         found.append(f"CPU {snap.cpu:.1f} % of the box is above {R.CPU_RAISE:g} %")
     if snap.mem_mb is not None and snap.mem_mb > R.MEMORY_RAISE_MB:
         found.append(
-            f"memory {snap.mem_mb:.0f} MB in use (daemons included) is above {R.MEMORY_RAISE_MB:g} MB"
+            f"memory {snap.mem_mb:.0f} MB in use (daemons included) "
+            f"is above {R.MEMORY_RAISE_MB:g} MB"
         )
     if snap.disk_pct is not None and snap.disk_pct > R.DISK_RAISE:
         found.append(f"disk {snap.disk_pct:.0f} % is above {R.DISK_RAISE:g} %")
@@ -40,7 +41,8 @@ def render_text(snap: Snapshot) -> str:
         f"monitor {stamp}  alerts: CPU > {R.CPU_RAISE:g} %, memory > {R.MEMORY_RAISE_MB:g} MB "
         "(the whole box, daemons included)",
         "",
-        f"{'CONTAINER'.ljust(width)}  {'STATE'.ljust(10)}  {'HEALTH'.ljust(9)}  {'MEMORY'.ljust(22)}  CPU %",
+        f"{'CONTAINER'.ljust(width)}  {'STATE'.ljust(10)}  {'HEALTH'.ljust(9)}  "
+        f"{'MEMORY'.ljust(22)}  CPU %",
     ]
     for c in snap.containers:
         mem = f"{c.memory_used / MIB:.1f}" + (
@@ -49,7 +51,8 @@ def render_text(snap: Snapshot) -> str:
         cpu = "-" if c.cpu_percent is None else f"{c.cpu_percent:.1f}"
         state = c.status + (f" x{c.restarts}" if c.restarts else "")
         lines.append(
-            f"{c.name.ljust(width)}  {state.ljust(10)}  {(c.health or '-').ljust(9)}  {mem.ljust(22)}  {cpu}"
+            f"{c.name.ljust(width)}  {state.ljust(10)}  {(c.health or '-').ljust(9)}  "
+            f"{mem.ljust(22)}  {cpu}"
         )
     box = []
     if snap.cpu is not None:

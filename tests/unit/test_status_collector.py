@@ -133,8 +133,9 @@ def test_page_has_svg_charts_and_nothing_the_csp_refuses(tmp_path):
     hist = History(tmp_path / "status.db")
     for i in range(30):
         now = T0 + i * 60
-        hist.record(now, {"cpu": 50.0, "mem_mb": 380.0}, {"production": (True, 4.0), "staging": (i < 20, 4.0)},
-                    {}, {now: {"requests": 10, "s4xx": 1, "s5xx": 1, "s429": 0, "p50_ms": 3.0, "p95_ms": 9.0}})  # fmt: skip
+        uptime = {"production": (True, 4.0), "staging": (i < 20, 4.0)}
+        figures = {"requests": 10, "s4xx": 1, "s5xx": 1, "s429": 0, "p50_ms": 3.0, "p95_ms": 9.0}
+        hist.record(now, {"cpu": 50.0, "mem_mb": 380.0}, uptime, {}, {now: figures})
     snap = Snapshot(
         T0 + 29 * 60,
         cpu=50.0,
