@@ -22,6 +22,7 @@
 #   NETWORK        the stack's network (default: aiia_network)
 #   NGINX          nginx's TLS address as seen from that network (default: nginx:443)
 #   VOLUME_PREFIX  the compose project's volume prefix (default: aiia_)
+#   HISTORY_VOLUME the history's volume (default: ${VOLUME_PREFIX}status_history)
 #   LOG_DIR        deploys.log and drill.json (default: logs/ in the checkout)
 #   BACKUP_DIR     the backup sets (default: backups/ in the checkout)
 #   DOCKER_SOCKET  (default: /var/run/docker.sock)
@@ -37,6 +38,7 @@ STATUS_IMAGE=${STATUS_IMAGE:-${BACKUP_IMAGE:-aiia/backup:latest}}
 NETWORK=${NETWORK:-aiia_network}
 NGINX=${NGINX:-nginx:443}
 VOLUME_PREFIX=${VOLUME_PREFIX:-aiia_}
+HISTORY_VOLUME=${HISTORY_VOLUME:-${VOLUME_PREFIX}status_history}
 LOG_DIR=${LOG_DIR:-$ROOT/logs}
 BACKUP_DIR=${BACKUP_DIR:-$ROOT/backups}
 DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
@@ -106,7 +108,7 @@ docker run --rm --name "aiia_status_$$" --network "$NETWORK" \
   -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
   -v "$(realpath "$LOG_DIR"):/opt/aiia-logs:ro" \
   -v "${VOLUME_PREFIX}status:/var/www/status" \
-  -v "${VOLUME_PREFIX}status_history:/var/lib/aiia-status" \
+  -v "$HISTORY_VOLUME:/var/lib/aiia-status" \
   -v "${VOLUME_PREFIX}nginx_logs:/var/log/aiia-nginx" \
   "${env_mount[@]}" "${backup_mount[@]}" \
   "$STATUS_IMAGE" \

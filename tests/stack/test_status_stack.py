@@ -84,8 +84,11 @@ class Collector:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env_file = base / "status.env"
         self.env_file.write_text(f"SLACK_WEBHOOK_URL={webhook}\n" if webhook else "")
+        # a history (and alert state) of its own per test; the page volume is the stack's
+        self.history = f"aiia_test_status_history_{uuid.uuid4().hex[:8]}"
         self.env = {
             **os.environ,
+            "HISTORY_VOLUME": self.history,
             "ENV_FILE": str(self.env_file),
             "LOG_DIR": str(self.logs),
             "BACKUP_DIR": str(base / "backups"),
@@ -103,6 +106,23 @@ class Collector:
         )
         assert proc.returncode == 0, proc.stderr
         return proc.stderr
+
+    def close(self) -> None:
+        docker("volume", "rm", "-f", self.history, check=False)
+
+
+@pytest.fixture
+def collectors():
+    made: list[Collector] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def collector_for(collectors, *args, **kw) -> Collector:
+    c = Collector(*args, **kw)
+    collectors.append(c)
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +165,12 @@ def devstatus(stack) -> str:
     return body
 
 
-def test_devstatus_serves_the_page_the_cron_job_wrote(server_stack, status_image, tmp_path):
+def test_devstatus_serves_the_page_the_cron_job_wrote(
+    server_stack, status_image, tmp_path, collectors
+):
     """status.sh exactly as cron runs it (the stack's network, nginx:443) writes the page."""
     headers, _ = auth_header(server_stack)
-    collector = Collector(server_stack, tmp_path, host_network=False)
+    collector = collector_for(collectors, server_stack, tmp_path, host_network=False)
     collector.run()
     collector.run()
     status, body = get(server_stack, STATUS, "/", headers)
@@ -172,7 +194,7 @@ def test_chromium_renders_the_page_without_errors_or_other_hosts(
 ):
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: ./scripts/ensure.sh packages installs it"
-    Collector(server_stack, tmp_path, host_network=False).run()
+    collector_for(collectors, server_stack, tmp_path, host_network=False).run()
     headers, env = auth_header(server_stack)
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTEFACTS / "devstatus.png"
@@ -247,12 +269,14 @@ def uptime(body: str, env: str, span: str) -> float:
 
 
 def test_staging_down_alerts_drops_its_uptime_and_counts_the_5xx_share(
-    server_stack, status_image, tmp_path, receiver
+    server_stack, status_image, tmp_path, receiver, collectors
 ):
     """django_staging stopped for 3 collector minutes: its /health/ alert and resolved
     message reach the webhook; staging's uptime drops below 100 %, production's stays;
     N requests of which M were sent to the stopped staging give a 5xx share of M/N."""
-    collector = Collector(server_stack, tmp_path, host_network=True, webhook=receiver.url)
+    collector = collector_for(
+        collectors, server_stack, tmp_path, host_network=True, webhook=receiver.url
+    )
     collector.run()
     before = devstatus(server_stack)
     prod_before = uptime(before, "production", "24h")
@@ -292,9 +316,13 @@ def test_staging_down_alerts_drops_its_uptime_and_counts_the_5xx_share(
     assert receiver.got("RESOLVED", "health:staging"), receiver.texts
 
 
-def test_failed_deploy_alert_and_resolved(server_stack, status_image, tmp_path, receiver):
+def test_failed_deploy_alert_and_resolved(
+    server_stack, status_image, tmp_path, receiver, collectors
+):
     """A failed deploy's line in logs/deploys.log (as the deploy engine writes it)."""
-    collector = Collector(server_stack, tmp_path, host_network=True, webhook=receiver.url)
+    collector = collector_for(
+        collectors, server_stack, tmp_path, host_network=True, webhook=receiver.url
+    )
     log = collector.logs / "deploys.log"
     failed = Entry(when="2026-12-01T10:00:00+00:00", env="production", action="deploy",
                    who="alice", result="failed", duration_s=40.0, release="r2",
@@ -313,10 +341,12 @@ def test_failed_deploy_alert_and_resolved(server_stack, status_image, tmp_path, 
     assert receiver.got("RESOLVED", "deploy:production"), receiver.texts
 
 
-def test_cpu_alert_from_a_real_burner(server_stack, status_image, tmp_path, receiver):
+def test_cpu_alert_from_a_real_burner(server_stack, status_image, tmp_path, receiver, collectors):
     """Two busy loops in a container hold both CPUs: the alert after 5 collector minutes,
     resolved once the burner is gone and the box is below 70 %."""
-    collector = Collector(server_stack, tmp_path, host_network=True, webhook=receiver.url)
+    collector = collector_for(
+        collectors, server_stack, tmp_path, host_network=True, webhook=receiver.url
+    )
     name = f"aiia_test_cpuburn_{uuid.uuid4().hex[:6]}"
     collector.run()
     burn = "while :; do :; done & while :; do :; done"
@@ -334,7 +364,7 @@ def test_cpu_alert_from_a_real_burner(server_stack, status_image, tmp_path, rece
     finally:
         docker("rm", "-f", name, check=False)
     # the box is shared: allow other work to settle, a bounded number of runs
-    for _ in range(12):
+    for _ in range(20):
         time.sleep(5)
         collector.run()
         if receiver.got("RESOLVED", "cpu"):
