@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -165,6 +166,24 @@ def uptime_bar(days: dict[int, float], until: float, n: int = 90) -> str:
     return "".join(parts)
 
 
+def stale_banner(now: float) -> str:
+    """A "stale since" banner that nginx shows (SSI, `ssi on` in devstatus.conf) once the
+    minute it serves the page in is 3 or more after the one it was generated in: a
+    static page cannot know the time it is read at, but the server that serves it can."""
+    minute = int(now) - int(now) % 60
+    fresh = "|".join(
+        time.strftime("%Y%m%d%H%M", time.gmtime(minute + i * 60))
+        for i in range(STALE_AFTER_S // 60)
+    )
+    return (
+        '<!--# config timefmt="%Y%m%d%H%M" -->'
+        f'<!--# if expr="$date_gmt = /^({fresh})/" --><!--# else -->'
+        f'<p class="stale" id="stale">stale since {_e(_utc(now))}: the collector has not '
+        "written this page for 3 minutes or more (is cron running scripts/status.sh? see "
+        "logs/status.log)</p><!--# endif -->"
+    )
+
+
 def _pct(share: float | None) -> str:
     return "n/a" if share is None else f"{share * 100:.2f} %"
 
@@ -226,7 +245,7 @@ def render(
     notes = []
     if previous_run is not None and now - previous_run > STALE_AFTER_S:
         notes.append(
-            f'<p class="stale">stale since {_e(_utc(previous_run))}: the collector did not run '
+            f'<p class="stale">a gap from {_e(_utc(previous_run))}: the collector did not run '
             f"for {(now - previous_run) / 60:.0f} minutes before this run</p>"
         )
     if db_note:
@@ -329,7 +348,7 @@ def render(
 <header class="{level}" data-status="{level}"><h1>aiia status: {_e(headline)}</h1>
 <div>{_e(" · ".join(box))}</div></header>
 <main>
-<div class="notes">{"".join(notes)}</div>
+<div class="notes">{stale_banner(now)}{"".join(notes)}</div>
 <section><h2>services</h2><div class="cards">{"".join(cards) or "no containers found"}</div></section>
 <section><h2>last 24 hours</h2><div class="charts">{chart_html}</div></section>
 <section><h2>requests per minute</h2><table id="minutes"><tr><th>minute</th><th class="num">requests</th>

@@ -580,7 +580,10 @@ def test_devstatus_serves_the_page_the_collector_wrote(nginx_server, tmp_path):
     resp = request(nginx_server, STATUS, "/", headers=auth)
     assert resp.status == 200
     body = resp.body.decode()
-    assert body == (page_dir / "index.html").read_text()
+    # the file as written, less its SSI directives (a fresh page: no stale banner)
+    written = (page_dir / "index.html").read_text()
+    fresh = re.sub(r"<!--# else -->.*?<!--# endif -->", "", written, flags=re.S)
+    assert body == re.sub(r"<!--#.*?-->", "", fresh)
     assert "<svg" in body and 'href="status.css"' in body
     # /health/ of both environments went through this nginx to the upstreams
     assert 'data-uptime="production-24h">100.00 %' in body
@@ -588,6 +591,32 @@ def test_devstatus_serves_the_page_the_collector_wrote(nginx_server, tmp_path):
     assert resp.header("cache-control") == "no-cache"
     css = request(nginx_server, STATUS, "/status.css", headers=auth)
     assert css.status == 200 and css.header("content-type").startswith("text/css")
+
+
+def test_devstatus_says_stale_once_the_collector_stopped(nginx_server, tmp_path):
+    """nginx (SSI) shows the banner when the page it serves is 3 minutes old or more."""
+    page_dir = nginx_server.site_root("status")
+    auth = basic(nginx_server.status_user, nginx_server.status_password)
+
+    def page_written_at(now: float) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "opskit.status", "run", "--db", str(tmp_path / "status.db"),
+             "--page-dir", str(page_dir), "--nginx", f"127.0.0.1:{nginx_server.https_port}",
+             "--docker-socket", str(tmp_path / "no-engine.sock"), "--now", str(now)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "<!--# if" in (page_dir / "index.html").read_text()
+        resp = request(nginx_server, STATUS, "/", headers=auth)
+        assert resp.status == 200 and b"<!--#" not in resp.body
+        return resp.body.decode()
+
+    # a minute that ends soon would make "now" a false stale: start in a fresh one
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+    assert 'id="stale"' not in page_written_at(time.time())
+    assert 'id="stale"' in page_written_at(time.time() - 3 * 60)
+    assert 'id="stale"' in page_written_at(time.time() - 3600)
 
 
 def test_htpasswd_is_not_world_readable(nginx_server):
