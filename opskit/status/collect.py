@@ -27,6 +27,8 @@ PREFIX = "aiia_"
 DOMAINS = {"production": "eduaiia.com", "staging": "staging.eduaiia.com"}
 DJANGO = {"production": "aiia_django_prod", "staging": "aiia_django_staging"}
 NGINX = "aiia_nginx"
+# the data services probed in their containers, by kind
+SERVICES = {"postgresql": "aiia_postgresql", "pgbouncer": "aiia_pgbouncer", "redis": "aiia_redis"}
 USER_AGENT = "aiia-status/1"
 # rotate nginx's access log past this size (then USR1: nginx reopens it)
 ROTATE_BYTES = 16 * MIB
@@ -70,6 +72,7 @@ class Options:
     own_prefix: str = "aiia_status_"
     webhook: object = None  # a Secret, or None: alerts are only logged
     rotate_bytes: int = ROTATE_BYTES
+    services: dict[str, str] = field(default_factory=lambda: dict(SERVICES))
     log_lines: int = 50
 
 
@@ -192,16 +195,18 @@ def _containers(snap: Snapshot, opts: Options, docker: Docker, state: dict) -> N
     state["container_cpu"] = cpu_now
 
 
-def _service_probes(snap: Snapshot, docker: Docker) -> None:
+def _service_probes(snap: Snapshot, opts: Options, docker: Docker) -> None:
     from opskit import health
     from opskit.commands import probes
 
     running = {c.name for c in snap.containers if c.status == "running"}
-    for name, container, argv, parse in (
-        ("postgresql", "aiia_postgresql", probes.postgres_connections(), health.postgres_check),
-        ("pgbouncer", "aiia_pgbouncer", probes.pgbouncer_pools(), health.pgbouncer_check),
-        ("redis", "aiia_redis", probes.redis_info("memory"), health.redis_check),
-    ):
+    kinds = {
+        "postgresql": (probes.postgres_connections(), health.postgres_check),
+        "pgbouncer": (probes.pgbouncer_pools(), health.pgbouncer_check),
+        "redis": (probes.redis_info("memory"), health.redis_check),
+    }
+    for name, container in opts.services.items():
+        argv, parse = kinds[name]
         if container not in running:
             snap.services.append(Probe(name, "red", f"{container} is not running"))
             continue
@@ -307,6 +312,8 @@ def _drill(snap: Snapshot, opts: Options) -> None:
 
 
 def _logs(snap: Snapshot, opts: Options, docker: Docker) -> None:
+    if not opts.log_lines:
+        return
     present = {c.name for c in snap.containers}
     for name in (*DJANGO.values(), NGINX):
         if name not in present:
@@ -357,7 +364,7 @@ def collect(opts: Options, state: dict, now: float, docker: Docker | None = None
     _box(snap, opts, state)
     _containers(snap, opts, docker, state)
     if snap.containers:
-        _service_probes(snap, docker)
+        _service_probes(snap, opts, docker)
     _uptime(snap, opts)
     snap.deploys = read_deploys(opts.deploy_logs)
     _backups(snap, opts)

@@ -68,8 +68,10 @@ def render_text(snap: Snapshot) -> str:
     lines += ["", "box: " + ", ".join(box)]
     for env, (ok, _ms, detail) in snap.uptime.items():
         lines.append(f"{env} /health/: {'up' if ok else 'DOWN'} ({detail})")
-    for p in snap.services:
-        lines.append(f"{p.name}: {p.status} {p.summary}")
+    if snap.services:
+        lines.append("")
+        width = max(len(p.name) for p in snap.services)
+        lines += [f"{p.name.ljust(width)}  {p.status.ljust(6)}  {p.summary}" for p in snap.services]
     if snap.cert_days is not None:
         lines.append(f"certificate {snap.cert_name}: {snap.cert_days} days left")
     lines += [f"problem: {p}" for p in snap.problems]

@@ -1,4 +1,4 @@
-"""`inv healthcheck` and `inv monitor` on saved probe output through invoke's MockContext."""
+"""`inv healthcheck` on saved probe output through invoke's MockContext."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from opskit.commands import docker as docker_cmd
 from opskit.commands import probes
 from opskit.shell import join
 from opskit.tasks import health as health_tasks
-from opskit.tasks import monitor as monitor_tasks
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROJECT = "opskit_fx_proj"
@@ -90,69 +89,6 @@ def test_healthcheck_asks_read_only_questions_only(project):
     health_tasks.healthcheck(c)
     for call in c.run.call_args_list:
         assert call.kwargs == {"warn": True, "hide": True, "in_stream": False}
-
-
-def monitor_results(stats: str, inspect: str) -> dict[str, Result]:
-    from opskit import monitor as mon
-
-    names = sorted(mon.parse_stats(fixture(stats)))
-    return {
-        join(docker_cmd.stats()): Result(fixture(stats)),
-        join(docker_cmd.inspect(names)): Result(fixture(inspect)),
-        join(docker_cmd.info("NCPU")): Result("2\n"),
-        join(docker_cmd.project_containers(PROJECT)): Result(
-            fixture("health/docker_ps_local_redis_exited.jsonl")
-        ),
-        join(docker_cmd.exec_(f"{PROJECT}-postgresql-1", probes.postgres_connections())): Result(
-            fixture("health/postgres_connections.csv")
-        ),
-    }
-
-
-def test_monitor_once_quiet_exits_0(project, capsys):
-    c = MockContext(
-        run=monitor_results("monitor/docker_stats.jsonl", "monitor/docker_inspect.jsonl")
-    )
-    monitor_tasks.monitor(c, once=True)
-    out = capsys.readouterr().out
-    assert "opskit_fx_busy" in out and "ALERT" not in out
-    assert "postgresql  green" in out and "redis       red" in out
-
-
-def test_monitor_once_past_a_threshold_exits_1(project, capsys):
-    c = MockContext(
-        run=monitor_results(
-            "monitor/docker_stats_high_memory.jsonl", "monitor/docker_inspect_high_memory.jsonl"
-        )
-    )
-    with pytest.raises(Exit) as exc:
-        monitor_tasks.monitor(c, once=True)
-    assert exc.value.code == 1
-    assert exc.value.message == (
-        "monitor: past a threshold: memory 442.2 MB in containers is above 400 MB"
-    )
-    assert "ALERT: memory 442.2 MB in containers is above 400 MB" in capsys.readouterr().out
-
-
-def test_monitor_once_json(project, capsys):
-    c = MockContext(
-        run=monitor_results("monitor/docker_stats.jsonl", "monitor/docker_inspect.jsonl")
-    )
-    monitor_tasks.monitor(c, once=True, json_=True)
-    data = json.loads(capsys.readouterr().out)
-    assert data["alerts"] == [] and data["ncpu"] == 2
-    assert len(data["containers"]) == 5
-
-
-def test_monitor_without_docker_exits_2(project):
-    c = MockContext(
-        run={
-            join(docker_cmd.stats()): Result(stderr="Cannot connect to the Docker daemon", exited=1)
-        }
-    )
-    with pytest.raises(Exit) as exc:
-        monitor_tasks.monitor(c, once=True)
-    assert exc.value.code == 2 and "Cannot connect" in exc.value.message
 
 
 def test_server_layout_is_the_guides_stack():
