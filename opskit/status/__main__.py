@@ -39,7 +39,7 @@ def _webhook(env_file: Path | None):
 
 
 def send(url, text: str) -> str | None:
-    from opskit.remote import notify
+    from opskit.deploy import notify
 
     return notify.send(url, {"text": text}, timeout=notify.TIMEOUT_S)
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from opskit.remote.history import Entry
+from opskit.deploy.history import Entry
 from tests.harness.core import ROOT, wait_until
 from tests.stack.stackkit import (
     BUILD_TIMEOUT_S,
