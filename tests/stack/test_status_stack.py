@@ -192,7 +192,7 @@ def test_devstatus_serves_the_page_the_cron_job_wrote(
 
 
 def test_chromium_renders_the_page_without_errors_or_other_hosts(
-    server_stack, status_image, tmp_path
+    server_stack, status_image, tmp_path, collectors
 ):
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: ./scripts/ensure.sh packages installs it"
@@ -282,11 +282,10 @@ def test_staging_down_alerts_drops_its_uptime_and_counts_the_5xx_share(
     collector.run()
     before = devstatus(server_stack)
     prod_before = uptime(before, "production", "24h")
-    # the requests of one real minute: wait for a fresh one when this one is nearly over
-    if time.time() % 60 > 40:
-        time.sleep(61 - time.time() % 60)
     docker("stop", "aiia_django_staging", timeout=60)
     try:
+        # the requests of one real minute, nobody else's: start as a fresh one begins
+        time.sleep(60.5 - time.time() % 60)
         n, m = 40, 10
         minute = int(time.time()) - int(time.time()) % 60
         statuses = [get(server_stack, STAGING if i % 4 == 0 else PROD, "/api/notes/")[0]
@@ -417,7 +416,8 @@ def test_restore_drill_on_the_page_and_alerted_when_it_fails(
                               env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
 
     passed = drill(key)
-    assert passed.returncode == 0, passed.stderr[-3000:]
+    result_file = collector.logs / "drill.json"
+    assert passed.returncode == 0, (passed.stderr[-3000:], result_file.read_text())
     result = json.loads((collector.logs / "drill.json").read_text())
     assert result["ok"] is True and "dropped" in result["detail"], result
     collector.run()
