@@ -394,10 +394,10 @@ def test_bench_status_smoke(server_stack, status_image, tmp_path):
 def test_restore_drill_on_the_page_and_alerted_when_it_fails(
     server_stack,
     status_image,
-    backup_setup,
+    backup_setup,  # noqa: F811 - the fixture imported above
     tmp_path,
     receiver,
-    collectors,  # noqa: F811
+    collectors,
 ):
     """scripts/drill.sh (cron, weekly) restores a real backup into a scratch database and
     drops it; the page shows the result; a drill that fails (the wrong key) is alerted."""
