@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--image", default="aiia/backup:latest")
     parser.add_argument("--network", default="host")
     parser.add_argument("--nginx", default="127.0.0.1:443", help="nginx's TLS port, HOST:PORT")
+    parser.add_argument("--prefix", default="aiia_", help="the containers the collector reads")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -161,7 +162,8 @@ def main() -> int:
         collector = run(
             args.image, work,
             "python3 -m opskit.status run --db /work/status.db --page-dir /work/page"
-            f" --access-log /work/access.log --nginx {args.nginx} --cgroup-root /host/cgroup",
+            f" --access-log /work/access.log --nginx {args.nginx} --cgroup-root /host/cgroup"
+            f" --prefix {args.prefix}",
             args.network, f"aiia_bench_status_{suffix}",
         )  # fmt: skip
         page_kb = (work / "page" / "index.html").stat().st_size / 1024
