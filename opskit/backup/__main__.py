@@ -42,13 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--transport", default="tcp", choices=jobs.TRANSPORTS)
             p.add_argument("--host", default=jobs.DEFAULT_HOST)
             p.add_argument("--port", default=jobs.DEFAULT_PORT, type=int)
-    d = sub.add_parser("drill", help="the restore drill of the newest good set; JSON result")
-    d.add_argument("--env", required=True, choices=("production", "staging"))
-    d.add_argument("--env-file", required=True, type=Path)
-    d.add_argument("--backup-dir", type=Path)
-    d.add_argument("--identity", required=True, help="the age secret key file")
-    d.add_argument("--host", default=jobs.DEFAULT_HOST)
-    d.add_argument("--port", default=jobs.DEFAULT_PORT, type=int)
     args = parser.parse_args(argv)
     try:
         resolved = settings_mod.load(args.env, args.env_file)
@@ -56,8 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"backup: {exc}")
         return 2
     backup_dir = args.backup_dir or Path(str(resolved.get("BACKUP_DIR") or "backups"))
-    if args.command == "drill":
-        return drill(resolved, args, backup_dir)
     if args.command == "sync":
         target = offsite.S3Target.from_settings(resolved)
         if target is None:
@@ -86,34 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"WARNING {outcome.offsite_error}")
     print(outcome.result.path)
     return 0
-
-
-def drill(resolved, args, backup_dir: Path) -> int:
-    """Restore the newest good set into a scratch database, check it, drop it.
-
-    Prints one JSON line (when, ok, set, detail) for the status page and its alert;
-    exit 0 when the drill passed, 1 when it failed.
-    """
-    import json
-
-    from opskit.backup import restore, rotation
-
-    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    sets = rotation.good_sets(backup_dir, commands.ENV_SHORT[args.env])
-    result = {"when": when, "env": args.env, "set": sets[0] if sets else ""}
-    try:
-        if not sets:
-            raise jobs.JobError(f"no good {args.env} backup set in {backup_dir}")
-        identities, source = jobs.read_identity(args.identity)
-        reach = jobs.Reach(transport="tcp", host=args.host, port=args.port)
-        spec = jobs.restore_spec(resolved, reach, identities, source)
-        done = restore.run_restore(backup_dir / sets[0], spec, verify_only=True, report=_say)
-        result |= {"ok": True, "detail": f"{sets[0]}: {done.tables} tables restored, "
-                   f"checked and dropped in {done.seconds:.0f}s"}  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - any failure is the drill's result
-        result |= {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
-    print(json.dumps(result, sort_keys=True))
-    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -60,16 +60,12 @@ def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") ->
 
 
 STATUS_SCHEDULE = "* * * * *"  # the status collector: every minute, nothing resident
-DRILL_SCHEDULE = "30 3 * * 0"  # the restore drill: Sundays 03:30, after the 02:00 backup
 
 
 def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
-    """Every entry the server's crontab needs for `env`: its backup and its weekly
-    restore drill; the status collector once per box, with production's entries."""
-    lines = [
-        cron_line(path, env),
-        f"{DRILL_SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}",
-    ]
+    """Every entry the server's crontab needs for `env`: its backup; the status collector
+    once per box, with production's entries."""
+    lines = [cron_line(path, env)]
     if env == "production":
         lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} run")
     return lines
@@ -288,10 +284,10 @@ def _remote_settings(c, root: str, env: str) -> dict[str, str]:
     }
 )
 def install_cron(c, env="production", path=None, user=None, dry_run=False):
-    """Install cron entries once: daily backup, weekly restore drill, status every minute.
+    """Install cron entries once: the daily backup and the status collector every minute.
 
-    The guide's 02:00 backup, the Sunday 03:30 restore drill and, with production, the
-    status collector (scripts/status.sh); running it again changes nothing."""
+    The guide's 02:00 backup and, with production, the status collector
+    (scripts/status.sh); running it again changes nothing."""
     root = checkout(env, path)
     lines = cron_lines(root, env)
     current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,

@@ -52,7 +52,6 @@ def test_install_cron_twice_leaves_one_entry(ssh_host, cron_user, capsys):
     assert first.splitlines() == [
         "MAILTO=ops@eduaiia.com",
         "0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production",
-        "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
         "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
     ]
 

@@ -37,7 +37,6 @@ from tests.stack.stackkit import (
     container_state,
     docker,
 )
-from tests.stack.test_backup_stack import backup_setup, run_backup  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.stack
 
@@ -390,48 +389,3 @@ def test_bench_status_smoke(server_stack, status_image, tmp_path):
     assert doc["lines"] == int(lines)
     assert doc["collector"]["peak_mb"] > doc["baseline"]["peak_mb"] > 0
     assert doc["collector"]["cpu_s"] > 0
-
-
-def test_restore_drill_on_the_page_and_alerted_when_it_fails(
-    server_stack,
-    status_image,
-    backup_setup,  # noqa: F811 - the fixture imported above
-    tmp_path,
-    receiver,
-    collectors,
-):
-    """scripts/drill.sh (cron, weekly) restores a real backup into a scratch database and
-    drops it; the page shows the result; a drill that fails (the wrong key) is alerted."""
-    env_file, key, base = backup_setup
-    made = run_backup(env_file, base)
-    assert made.returncode == 0, made.stderr[-3000:]
-    collector = collector_for(
-        collectors, server_stack, tmp_path, host_network=True, webhook=receiver.url
-    )
-    collector.env["BACKUP_DIR"] = str(base / "backups")
-
-    def drill(identity: Path) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ENV_FILE": str(env_file), "BACKUP_DIR": str(base / "backups"),
-               "LOG_DIR": str(collector.logs), "DRILL_IDENTITY": str(identity)}  # fmt: skip
-        return subprocess.run(["bash", str(ROOT / "scripts" / "drill.sh"), "production"],
-                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-
-    passed = drill(key)
-    result_file = collector.logs / "drill.json"
-    assert passed.returncode == 0, (passed.stderr[-3000:], result_file.read_text())
-    result = json.loads((collector.logs / "drill.json").read_text())
-    assert result["ok"] is True and "dropped" in result["detail"], result
-    collector.run()
-    body = devstatus(server_stack)
-    assert "restore drill passed" in body and "last good backup 0.0 h ago" in body
-    assert not receiver.got("ALERT", "drill") and not receiver.got("ALERT", "backup")
-
-    wrong = tmp_path / "wrong.key"
-    subprocess.run([sys.executable, "-m", "opskit.age", "keygen", "-o", str(wrong)],
-                   capture_output=True, cwd=ROOT, check=True)  # fmt: skip
-    failed = drill(wrong)
-    assert failed.returncode == 1
-    assert json.loads((collector.logs / "drill.json").read_text())["ok"] is False
-    collector.run()
-    assert receiver.got("ALERT", "drill"), receiver.texts
-    assert "restore drill FAILED" in devstatus(server_stack)

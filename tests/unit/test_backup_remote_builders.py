@@ -100,14 +100,13 @@ def test_checkout_paths():
         rb.checkout("prod", None)
 
 
-def test_cron_lines_backup_drill_and_the_status_collector():
+def test_cron_lines_backup_and_the_status_collector():
     assert rb.cron_lines() == [
         GUIDE_LINE,
-        "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
         "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
     ]
     staging = rb.cron_lines(rb.GUIDE_PATHS["staging"], "staging")
-    assert len(staging) == 2 and not any("status.sh" in line for line in staging)
+    assert staging == [rb.cron_line(rb.GUIDE_PATHS["staging"], "staging")]
     text = ""
     for line in rb.cron_lines():
         text, _ = rb.merge_crontab(text, line)
