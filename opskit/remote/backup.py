@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -254,15 +255,47 @@ def restore_(c, set, env="production", path=None, identity="backup.key", yes=Fal
         identities=restore.read_identities(text, identity),
         identity_source=Path(identity).name,
     )
+    set_name = remote_dir.rstrip("/").rsplit("/", 1)[-1]
     try:
         result = restore_over_ssh(prefix, remote_dir, spec, verify_only=verify_only,
                                   force=force, yes=yes)  # fmt: skip
-    except restore.RestoreRefused as exc:
-        raise Exit(f"restore REFUSED: {exc}", 1) from None
-    except restore.RestoreFailed as exc:
-        raise Exit(f"restore FAILED: {exc}", 1) from None
+    except (restore.RestoreRefused, restore.RestoreFailed) as exc:
+        word = "REFUSED" if isinstance(exc, restore.RestoreRefused) else "FAILED"
+        if verify_only:
+            _record_drill(c, root, env, set_name, False, f"{word}: {exc}")
+        raise Exit(f"restore {word}: {exc}", 1) from None
+    if verify_only:
+        _record_drill(c, root, env, set_name, True,
+                      f"{result.tables} tables restored, checked and dropped in "
+                      f"{result.seconds:.0f}s")  # fmt: skip
     if not verify_only and not result.swapped:
         raise Exit("restore: checked but not swapped (rerun with --yes to swap)", 1)
+
+
+DRILL_WRITE = (
+    'set -eu; mkdir -p -- "$1"; t=$(mktemp "$1/.drill.XXXXXX"); cat > "$t"; '
+    'chmod 644 "$t"; mv -f -- "$t" "$1/drill.json"'
+)
+
+
+def drill_record(root: str, env: str, set_name: str, ok: bool, detail: str,
+                 when: str) -> tuple[list[str], str]:  # fmt: skip
+    """The command that writes logs/drill.json on the server, and what it reads on stdin:
+    the result the status page shows and alerts on."""
+    doc = json.dumps({"when": when, "env": env, "set": set_name, "ok": ok, "detail": detail},
+                     sort_keys=True) + "\n"  # fmt: skip
+    return ["sh", "-c", DRILL_WRITE, "sh", f"{root}/logs"], doc
+
+
+def _record_drill(c, root: str, env: str, set_name: str, ok: bool, detail: str) -> None:
+    import datetime as dt
+    import io
+
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    argv, doc = drill_record(root, env, set_name, ok, detail, when)
+    done = c.run(shlex.join(argv), in_stream=io.StringIO(doc), hide=True, warn=True)
+    if not done.ok:
+        print(f"restore: the drill's result could not be written to {root}/logs/drill.json")
 
 
 def _remote_settings(c, root: str, env: str) -> dict[str, str]:

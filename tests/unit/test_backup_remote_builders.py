@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from invoke import Exit
 
@@ -113,3 +115,13 @@ def test_cron_lines_backup_and_the_status_collector():
     for line in rb.cron_lines():
         text, changed = rb.merge_crontab(text, line)
         assert not changed
+
+
+def test_drill_record_writes_logs_drill_json_atomically():
+    argv, doc = rb.drill_record("/srv/app", "production", "db_prod_20260101_020000", True,
+                                "12 tables", "2026-01-04T03:30:00+00:00")  # fmt: skip
+    assert argv == ["sh", "-c", rb.DRILL_WRITE, "sh", "/srv/app/logs"]
+    assert '"$1/drill.json"' in rb.DRILL_WRITE and "mv -f" in rb.DRILL_WRITE
+    assert json.loads(doc) == {"when": "2026-01-04T03:30:00+00:00", "env": "production",
+                               "set": "db_prod_20260101_020000", "ok": True,
+                               "detail": "12 tables"}  # fmt: skip
