@@ -3,7 +3,8 @@
 Usage (as root, with Debian's postgresql-15, pgbouncer, redis-server, nginx and wrk):
     python bench/load.py [--duration 20] [--connections 100] [--threads 2] [--timeout 10]
                          [--warmup 2] [--think-ms 0] [--configs tuned,tuned-nolimit,stock]
-                         [--targets health,notes,admin] [--notes 50]
+                         [--targets health,notes,admin,login] [--notes 50]
+                         [--rounds 1] [--users 25,50,100]
                          [--json-out FILE] [--keep-raw DIR]
 
 Starts every config at once, natively on loopback (bench/_servers.py):
@@ -23,6 +24,14 @@ pause of --think-ms between a connection's requests, like a user reading a page)
     health  /health/      the app's probe of PostgreSQL and Redis
     notes   /api/notes/   a page of 20 notes from PostgreSQL, anonymous
     admin   /admin/       the admin index as a logged-in superuser (the guide's target)
+    login   /admin/login/ the login form, anonymous (not in a plain run)
+
+--rounds N repeats every target and config N times, taking turns, and adds medians with
+each config's requests/s and stack CPU per answer beside stock's. --users N,M,... is the
+users mode: for each count, that many connections each pausing --think-ms (1000 ms unless
+given) between requests, like people reading pages; it adds the knee, the most users at
+which a target's p95 stays under 200 ms with no error. Before each run the bench waits
+until the servers have finished what the previous run left in flight.
 
 over TLS to 127.0.0.1 with the site's name in SNI and Host, as a browser would reach
 eduaiia.com (the certificate is verified against the test CA once before the load; wrk
@@ -63,7 +72,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SITE = "eduaiia.com"
-TARGETS = {"health": "/health/", "notes": "/api/notes/", "admin": "/admin/"}
+TARGETS = {
+    "health": "/health/",
+    "notes": "/api/notes/",
+    "admin": "/admin/",
+    # the login form, anonymous (a session-less page: the guide's figure during backups)
+    "login": "/admin/login/",
+}
+# what a plain run loads; --targets picks others
+DEFAULT_TARGETS = ("health", "notes", "admin")
 CONFIGS = ("tuned", "tuned-nolimit", "stock")
 GOAL_P95_MS = 200.0
 GOAL_ERROR_PCT = 0.1
@@ -858,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         "pausing --think-ms between requests (1000 unless given); prints the knee",
     )
     parser.add_argument("--configs", type=lambda v: _csv(v, CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--targets", type=lambda v: _csv(v, TARGETS), default=list(TARGETS))
+    parser.add_argument("--targets", type=lambda v: _csv(v, TARGETS), default=list(DEFAULT_TARGETS))
     parser.add_argument("--notes", type=int, default=50, help="notes seeded per database (50)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     parser.add_argument("--keep-raw", type=Path, help="keep wrk's raw outputs in this folder")
