@@ -310,28 +310,27 @@ def parse_identity_file(text: str) -> list[str]:
         raise KeyFormatError(
             "the identity file is itself age-encrypted; decrypt it first (or use the age tool)"
         )
-    identities = []
-    for number, line in _key_file_lines(text):
-        try:
-            identities.append(str(parse_identity(line)))
-        except KeyFormatError as exc:
-            raise KeyFormatError(f"line {number}: {exc}") from None
-    if not identities:
-        raise KeyFormatError("no identities found (expected AGE-SECRET-KEY-1... lines)")
-    return identities
+    return _parse_key_file(
+        text, parse_identity, "no identities found (expected AGE-SECRET-KEY-1... lines)"
+    )
 
 
 def parse_recipients_file(text: str) -> list[str]:
     """The recipients in a recipients file: one ``age1...`` per line, ``#`` comments."""
-    recipients = []
+    return _parse_key_file(text, parse_recipient, "no recipients found (expected age1... lines)")
+
+
+def _parse_key_file(text: str, parse, none_found: str) -> list[str]:
+    """Each key line parsed; an error names the line (never its content)."""
+    keys = []
     for number, line in _key_file_lines(text):
         try:
-            recipients.append(str(parse_recipient(line)))
+            keys.append(str(parse(line)))
         except KeyFormatError as exc:
             raise KeyFormatError(f"line {number}: {exc}") from None
-    if not recipients:
-        raise KeyFormatError("no recipients found (expected age1... lines)")
-    return recipients
+    if not keys:
+        raise KeyFormatError(none_found)
+    return keys
 
 
 def _recipients_for(

@@ -18,6 +18,17 @@ class UnknownEnvironment(ValueError):
     """An environment name the stacks do not know."""
 
 
+def _terminal_and_env(tty: bool, env_names: Iterable[str]) -> list[str]:
+    """-T without a terminal; each env name as a bare `-e NAME` (its value is copied from
+    the docker client's environment, so a password never appears in argv)."""
+    argv = [] if tty else ["-T"]
+    for name in env_names:
+        if "=" in name:
+            raise ValueError(f"env_names: {name!r} must be a name only, never NAME=value")
+        argv += ["-e", name]
+    return argv
+
+
 @dataclass(frozen=True)
 class Compose:
     """One compose project: its files (and optional project name), as `docker compose` sees it."""
@@ -89,13 +100,7 @@ class Compose:
         `env_names` are passed as bare `-e NAME`: the value is copied from the environment
         of the docker client, so a password given that way never appears in argv.
         """
-        argv = [*self.base(), "exec"]
-        if not tty:
-            argv.append("-T")
-        for name in env_names:
-            if "=" in name:
-                raise ValueError(f"env_names: {name!r} must be a name only, never NAME=value")
-            argv += ["-e", name]
+        argv = [*self.base(), "exec", *_terminal_and_env(tty, env_names)]
         if user:
             argv += ["--user", user]
         return [*argv, service, *command]
@@ -115,13 +120,7 @@ class Compose:
         container with (staging's limit holds one Django, not two); `--no-deps` leaves
         the rest of the stack as it is.
         """
-        argv = [*self.base(), "run", "--rm", "--no-deps"]
-        if not tty:
-            argv.append("-T")
-        for name in env_names:
-            if "=" in name:
-                raise ValueError(f"env_names: {name!r} must be a name only, never NAME=value")
-            argv += ["-e", name]
+        argv = [*self.base(), "run", "--rm", "--no-deps", *_terminal_and_env(tty, env_names)]
         return [*argv, service, *command]
 
     def ps(self, *, all: bool = False) -> list[str]:  # noqa: A002 - docker's own flag name
