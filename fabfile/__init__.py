@@ -16,6 +16,7 @@ MODULES = (
     "opskit.remote.certs",
     "opskit.remote.cluster",
     "opskit.remote.monitor",
+    "opskit.remote.services",
 )
 
 ns = namespace(MODULES)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
 from opskit.commands.compose_run import (  # noqa: F401
@@ -185,7 +186,30 @@ def parse_image(text: str) -> dict:
         "version": env.get("APP_VERSION", ""),
         "labels": (data.get("Config") or {}).get("Labels") or {},
         "created": data.get("Created", ""),
+        "digests": list(data.get("RepoDigests") or []),
     }
+
+
+# the commit an image was built from (compose/release.yml, build_spec)
+LABEL_REVISION = "org.opencontainers.image.revision"
+
+
+def image_commit(info: Mapping) -> str:
+    """The image's revision label when it names a whole commit, else ""."""
+    value = str((info.get("labels") or {}).get(LABEL_REVISION, ""))
+    return value if re.fullmatch(r"[0-9a-f]{40}", value) else ""
+
+
+def image_digest(image: str, info: Mapping) -> str:
+    """`image` by digest (repository@sha256:...), from what the engine recorded on pull."""
+    if "@sha256:" in image:
+        return image
+    last = image.rsplit("/", 1)[-1]
+    repo = image[: len(image) - len(last)] + last.split(":", 1)[0]
+    for ref in info.get("digests") or []:
+        if ref.split("@", 1)[0] == repo:
+            return ref
+    return ""
 
 
 def git_fetch(repo: str) -> list[str]:

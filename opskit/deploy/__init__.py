@@ -18,6 +18,7 @@ from opskit.deploy.queries import (
     release_lock,
     releases,
     serving,
+    staged_image,
 )
 from opskit.deploy.steps import STEPS, TABLE, Deployer
 
@@ -39,4 +40,5 @@ __all__ = [
     "release_lock",
     "releases",
     "serving",
+    "staged_image",
 ]

@@ -11,6 +11,7 @@ from dotenv import dotenv_values
 
 from opskit import settings as settings_mod
 from opskit.backup.commands import backup_script
+from opskit.commands import checkout as co
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import HELD, LockDetails
 from opskit.deploy.plan import DeployError, State
@@ -96,6 +97,7 @@ class Checks:
             except settings_mod.SettingsError as exc:
                 problems += [pr.render(env.env_file) for pr in exc.problems]
 
+        problems += self._checkout_clean(s)
         if problems:  # nothing below can be judged without Docker and a valid env file
             raise DeployError("pre-flight failed", detail="\n".join(problems))
         assert s.settings is not None
@@ -180,6 +182,25 @@ class Checks:
             f"docker {docker.stdout.strip()}, compose {compose.stdout.strip()}, "
             f"serving {s.served} ({s.served_release})" + (f"; {removed}" if removed else "")
         )
+
+    def _checkout_clean(self, s: State) -> list[str]:
+        """The checkout will follow the release: it must hold no local change to lose."""
+        env = self.env
+        head = self.r.ask(co.head(env.path))
+        if not head.ok:
+            s.warnings.append(f"{env.path} is not a git checkout: it cannot follow the release")
+            return []
+        s.checkout_before = head.stdout.strip()
+        res = self.r.ask(co.status(env.path))
+        dirty = co.parse_status(res.stdout) if res.ok else []
+        if not dirty:
+            return []
+        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
+        return [
+            f"the checkout {env.path} has local changes to {shown}: a deploy moves it to the "
+            f"release's commit; put them in a commit upstream, or aside with "
+            f"`git -C {env.path} stash`"
+        ]
 
     def _remove_leftovers(self, s: State) -> str:
         """Containers of interrupted deploys: never serving (nginx points elsewhere)."""

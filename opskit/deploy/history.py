@@ -33,6 +33,8 @@ class Entry:
     backup: str = ""  # the pre-deploy backup, or why there is none
     migrations: list[str] = field(default_factory=list)  # those this deploy applied
     why: str = ""
+    digest: str = ""  # the image by digest (repository@sha256:...), for --image deploys
+    previous_commit: str = ""  # where the checkout was before this deploy moved it
 
     def to_line(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")) + "\n"
@@ -96,6 +98,26 @@ def served_releases(entries: list[Entry | Unreadable], env: str) -> list[str]:
             if release and release not in out:
                 out.append(release)
     return out
+
+
+def staged_image(entries: list[Entry | Unreadable], env: str, commit: str) -> Entry | None:
+    """The newest deploy that put a registry image of `commit` in service in `env`: the
+    image a push of that commit to the next environment promotes (by its digest)."""
+    for e in reversed(successful_releases(entries, env)):
+        if e.action == "deploy" and e.digest and e.commit == commit:
+            return e
+    return None
+
+
+def release_commit(entries: list[Entry | Unreadable], env: str, release: str) -> str:
+    """The commit a release was built from, as the deploy log knows it: its own deploy's
+    commit, else where the checkout was when a later deploy replaced it."""
+    for e in reversed([e for e in entries if isinstance(e, Entry) and e.env == env]):
+        if e.release == release and e.commit and e.result == "ok":
+            return e.commit
+        if e.previous == release and e.previous_commit and e.result == "ok":
+            return e.previous_commit
+    return ""
 
 
 def previous_release(entries: list[Entry | Unreadable], env: str, current: str) -> str:

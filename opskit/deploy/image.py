@@ -29,7 +29,12 @@ class Image:
             self.r.check(cmd.tag(p.image, s.image))
             s.version = info["version"]
             s.image_id = info["id"]
-            return f"pulled {p.image} ({info['id'][7:19]}) as {s.image}, version {s.version or '?'}"
+            s.commit = cmd.image_commit(info)
+            s.digest = cmd.image_digest(p.image, info)
+            return (
+                f"pulled {p.image} ({info['id'][7:19]}) as {s.image}, version "
+                f"{s.version or '?'}" + (f", commit {s.commit[:12]}" if s.commit else "")
+            )
 
         ref = p.ref or env.branch
         fetched = self.r.run(cmd.git_fetch(env.path), timeout=600)
@@ -98,4 +103,9 @@ class Image:
         s.version = info["version"]
         s.image_id = info["id"]
         s.source = f"release {target}"
+        s.commit = cmd.image_commit(info) or history.release_commit(
+            history.parse(self.r.ask(history.read(env.history_file, 500)).stdout or ""),
+            env.name,
+            target,
+        )
         return f"{s.image}, version {s.version or '?'} (serving now: {s.served_release})"

@@ -136,6 +136,8 @@ class State:
     image: str = ""  # the release's local tag
     source: str = ""
     commit: str = ""
+    digest: str = ""  # the image by digest, for --image deploys
+    checkout_before: str = ""  # the checkout's commit when the deploy started
     version: str = ""
     served: str = ""  # the container nginx sends traffic to when we started
     served_release: str = ""

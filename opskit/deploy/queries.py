@@ -84,11 +84,30 @@ def releases(runner: Runner, env: cmd.Environment) -> str:
     for release in reversed(kept):
         e = by_release.get(release)
         mark = "*" if release == current else " "
-        what = f"{e.source}, version {e.version}, {e.when}" if e else "(not in the deploy log)"
+        what = (
+            f"{e.source}, version {e.version}, {e.when}"
+            + (f", commit {e.commit[:12]}" if e.commit else "")
+            + (f", {e.digest}" if e.digest and e.digest != e.source else "")
+            if e
+            else "(not in the deploy log)"
+        )
         lines.append(f" {mark} {release}  {what}")
     if not kept:
         lines.append("   no release images kept (deploys tag them aiia/app:<env>-<release>)")
     return "\n".join(lines)
+
+
+def staged_image(runner: Runner, env: cmd.Environment, commit: str) -> str:
+    """The image (by digest) that `env` successfully deployed for `commit`, or "".
+
+    What promotion asks the staging checkout's deploy log: the production workflow
+    deploys this digest instead of building the commit again (DESIGN decision 2)."""
+    cmd.commit_id(commit)
+    log = runner.run(history.read(env.history_file, 1000))
+    if not log.ok:
+        raise DeployError(f"cannot read {env.history_file}: {log.tail()}")
+    found = history.staged_image(history.parse(log.stdout), env.name, commit)
+    return found.digest if found else ""
 
 
 def check_health(runner: Runner, env: cmd.Environment, timeout_s: int = 5) -> tuple[bool, str]:

@@ -36,6 +36,8 @@ class Record:
             reason=reason,
             backup=s.backup,
             migrations=list(s.applied),
+            digest=s.digest,
+            previous_commit=s.checkout_before,
             why=p.why,
         )
         notes = []

@@ -7,6 +7,7 @@ reason to call the deploy failed.
 
 from __future__ import annotations
 
+from opskit.commands import checkout as co
 from opskit.commands import deploy as cmd
 from opskit.deploy import history
 from opskit.deploy.plan import DeployError, State
@@ -139,7 +140,45 @@ class Switch:
             done = self._retire_old(s)
         except Exception as exc:  # noqa: BLE001 - reported; the new release keeps serving
             s.warnings.append(f"after the switch: {type(exc).__name__}: {exc}")
-        return f"nginx -> {s.new_container} (release {s.release}); {done} ({self.clock() - t:.1f}s)"
+        try:
+            followed = self._follow(s)
+        except Exception as exc:  # noqa: BLE001 - reported; the new release keeps serving
+            followed = ""
+            s.warnings.append(f"moving the checkout: {type(exc).__name__}: {exc}")
+        return (
+            f"nginx -> {s.new_container} (release {s.release}); {done}"
+            + (f"; {followed}" if followed else "")
+            + f" ({self.clock() - t:.1f}s)"
+        )
+
+    def _follow(self, s: State) -> str:
+        """Move the checkout to the serving release's commit; name what changed in it."""
+        env, before = self.env, s.checkout_before
+        if not before:
+            return ""
+        if not s.commit:
+            s.warnings.append(
+                f"release {s.release} names no commit: the checkout stays at {before[:12]}"
+            )
+            return ""
+        if s.commit == before:
+            return f"checkout at {before[:12]}"
+        if not self.r.ask(co.has_commit(env.path, s.commit)).ok:
+            self.r.run(cmd.git_fetch(env.path), timeout=600)
+        moved = self.r.run(co.checkout(env.path, s.commit))
+        if not moved.ok:
+            s.warnings.append(f"the checkout stays at {before[:12]}: {moved.tail(2)}")
+            return ""
+        diff = self.r.ask(co.changed(env.path, before, s.commit))
+        changes = co.parse_changed(diff.stdout if diff.ok else "")
+        if changes.paths:
+            services = ",".join(changes.services) or "nginx,pgbouncer,redis,postgresql"
+            s.warnings.append(
+                f"{changes.describe()}: the running services still use the old ones; apply "
+                f"them with `fab -H {self.plan.server or 'HOST'} apply-services --env "
+                f"{env.name} --service {services}`"
+            )
+        return f"checkout {before[:12]} -> {s.commit[:12]} ({changes.describe()})"
 
     def _retire_old(self, s: State) -> str:
         p, env = self.plan, self.env

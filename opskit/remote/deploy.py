@@ -197,4 +197,29 @@ def manage(c, env=None, release=None, command="", path=None, stack_file=None):
         raise Exit(res.stderr.strip() or f"manage.py exited {res.exited}", res.exited or 1)
 
 
-ns = Collection(deploy, rollback, deploys, releases, manage)
+@task(
+    auto_shortflags=False,
+    help={
+        "env": "the environment whose deploys count (default staging)",
+        "commit": "the full commit id (40 hex digits) the image must be built from",
+        "path": PATH_HELP,
+    },
+)
+def staged_image(c, env="staging", commit=None, path=None):
+    """Print the image (by digest) ENV deployed successfully for COMMIT; exit 1 if none.
+
+    Promotion: the production workflow deploys that digest rather than building again."""
+    if not commit:
+        raise Exit("give --commit (the full commit id)", 2)
+    try:
+        found = engine.staged_image(runner(c), environment(env, path), commit)
+    except cmd.BuilderError as exc:
+        raise Exit(str(exc), 2) from None
+    except engine.DeployError as exc:
+        raise Exit(str(exc), 1) from None
+    if not found:
+        raise Exit(f"{env} has deployed no registry image of {commit} successfully", 1)
+    print(found)
+
+
+ns = Collection(deploy, rollback, deploys, releases, manage, staged_image)

@@ -150,6 +150,7 @@ def test_parse_image_reads_id_and_app_version():
             "Id": "sha256:0123456789abcdef",
             "Created": "2025-01-01T00:00:00Z",
             "Config": {"Env": ["PATH=/opt/venv/bin", "APP_VERSION=v2-1-gabc"], "Labels": None},
+            "RepoDigests": ["ghcr.io/acme/app@sha256:abc"],
         }
     )
     assert cmd.parse_image(saved + "\n") == {
@@ -157,6 +158,7 @@ def test_parse_image_reads_id_and_app_version():
         "version": "v2-1-gabc",
         "labels": {},
         "created": "2025-01-01T00:00:00Z",
+        "digests": ["ghcr.io/acme/app@sha256:abc"],
     }
 
 

@@ -18,6 +18,7 @@ from invoke import MockContext, Result
 
 from opskit import deploy as engine
 from opskit.backup.commands import backup_script
+from opskit.commands import checkout as co
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import HELD, Lock, LockDetails
 from opskit.deploy import history
@@ -30,6 +31,7 @@ STARTED = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 IMAGE = "registry.local:5000/aiia/app:abc"
 IMAGE_ID = "sha256:abc1234def5678"
 RELEASE = "20250101-120000-abc1234"
+CHECKOUT = "c0ffee" * 6 + "c0ff"
 PROD = cmd.environment("production", "/srv/prod")
 STACK = "/srv/prod/docker-compose.yml"
 
@@ -127,6 +129,9 @@ class Server:
             join(history.append(env.history_file)): ok(),
             join(cmd.append_line(env.transcript(STARTED))): ok(),
             join(cmd.logs_tail(new)): ok("gunicorn: worker failed to boot\n"),
+            # the checkout, clean, at the serving release's commit
+            join(co.head(env.path)): ok(CHECKOUT + "\n"),
+            join(co.status(env.path)): ok(""),
         }
 
     def oneoff(self, what, command):
@@ -774,6 +779,10 @@ def test_the_dry_run_plan_is_what_a_real_run_sends():
             join(cmd.probe(PROD.release_container(RELEASE), PROD.port)): ok(health),
             join(cmd.draining_workers()): ok("0\n"),
             join(history.read(PROD.history_file, 500)): ok(""),
+            # the checkout follows the release (its commit is already there)
+            join(co.has_commit(PROD.path, commit)): ok(),
+            join(co.checkout(PROD.path, commit)): ok(),
+            join(co.changed(PROD.path, CHECKOUT, commit)): ok(""),
             join(
                 cmd.run_release(
                     PROD, server.spec, RELEASE, PROD.release_image(RELEASE), f"v2@{commit[:12]}"
