@@ -812,7 +812,9 @@ def https_get(nginx, path: str, cookie: str = "") -> tuple[int, bytes]:
 def preflight(config, cookie: str, targets: list[str]) -> None:
     """Each target answers 200 through this config's nginx before any load is sent."""
     for target in targets:
-        status, body = https_get(config.nginx, TARGETS[target], cookie)
+        # logged in for the admin index only, as the load itself (a session would turn
+        # the login form into a redirect)
+        status, body = https_get(config.nginx, TARGETS[target], cookie if target == "admin" else "")
         if status != 200 or (target == "admin" and b"Site administration" not in body):
             raise SystemExit(
                 f"{config.name}: {TARGETS[target]} answered {status} before the "
