@@ -195,43 +195,107 @@ class Key:
     default: str | None = None
     secret: bool = False
     fix: str = ""  # how to produce a good value, when the generic advice is not enough
+    # who reads the key (READERS): the containers that get it, the tools that use it
+    readers: frozenset[str] = frozenset()
+
+
+# Who reads settings. The first seven run on the server: each container gets only the keys
+# whose readers name its service (compose/server.yml, checked against this schema by
+# tests/unit/test_settings_readers.py; the running containers by the stack tier).
+# `deploy` is the deploy engine; `compose` is compose's own ${...} interpolation, never a
+# container; `tasks` the operator's inv and fab, on a laptop, in CI or on the server.
+SERVICES = ("django", "postgresql", "pgbouncer", "redis", "nginx", "backup", "deploy")
+READERS = (*SERVICES, "compose", "tasks")
+
+
+def _readers(*names: str) -> frozenset[str]:
+    unknown = set(names) - set(READERS)
+    if unknown:
+        raise ValueError(f"unknown readers {sorted(unknown)}: use {', '.join(READERS)}")
+    return frozenset(names)
+
+
+DJANGO = _readers("django")
+COMPOSE = _readers("compose")
+BACKUP = _readers("backup")
+TASKS = _readers("tasks")
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("ENVIRONMENT", _choice(*ENVIRONMENTS), ALL),
-    Key("DJANGO_SECRET_KEY", required=ALL, secret=True),
-    Key("DJANGO_DEBUG", _bool, default="false"),
-    Key("DJANGO_ALLOWED_HOSTS", _hosts, SERVER_ENVS, default="localhost,127.0.0.1"),
-    Key("DJANGO_CSRF_TRUSTED_ORIGINS", _urls, default=""),
-    Key("SITE_DOMAIN", _host, SERVER_ENVS, default="localhost"),
+    Key(
+        "ENVIRONMENT",
+        _choice(*ENVIRONMENTS),
+        ALL,
+        readers=_readers("django", "postgresql", "redis", "backup", "deploy", "tasks"),
+    ),
+    Key("DJANGO_SECRET_KEY", required=ALL, secret=True, readers=DJANGO),
+    Key("DJANGO_DEBUG", _bool, default="false", readers=DJANGO),
+    Key("DJANGO_ALLOWED_HOSTS", _hosts, SERVER_ENVS, default="localhost,127.0.0.1", readers=DJANGO),
+    Key("DJANGO_CSRF_TRUSTED_ORIGINS", _urls, default="", readers=DJANGO),
+    Key("SITE_DOMAIN", _host, SERVER_ENVS, default="localhost", readers=DJANGO),
     # read by `inv superuser` (Django's createsuperuser --noinput contract)
-    Key("DJANGO_SUPERUSER_USERNAME", _text, default=""),
-    Key("DJANGO_SUPERUSER_EMAIL", _text, default=""),
-    Key("DJANGO_SUPERUSER_PASSWORD", secret=True, default=""),
-    Key("POSTGRES_DB", _prefix, ALL),
-    Key("POSTGRES_USER", _prefix, ALL),
-    Key("POSTGRES_PASSWORD", required=ALL, secret=True),
-    Key("POSTGRES_HOST", _host, default="pgbouncer"),
-    Key("POSTGRES_PORT", _port, default="6432"),
-    Key("REDIS_HOST", _host, default="redis"),
-    Key("REDIS_PORT", _port, default="6379"),
-    Key("REDIS_DB", _int(0, 15), default="0"),
-    Key("REDIS_USER", _text, SERVER_ENVS, default=""),
-    Key("REDIS_PASSWORD", required=SERVER_ENVS, secret=True, default=""),
-    Key("REDIS_KEY_PREFIX", _prefix, default="dev"),
-    Key("GUNICORN_WORKERS", _int(1, 16), default="2"),
-    Key("GUNICORN_THREADS", _int(1, 32), default="2"),
-    Key("APP_PORT", _port, default="8000"),
-    Key("DJANGO_STATIC_ROOT", _text, default=""),
-    Key("DJANGO_MEDIA_ROOT", _text, default=""),
-    Key("POSTGRES_SUPERUSER_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
-    Key("PGBOUNCER_AUTH_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
-    Key("REDIS_ADMIN_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
-    Key("STATUS_USER", _text, default="ops"),
-    Key("STATUS_PASSWORD", required=frozenset({"production"}), secret=True, default=""),
-    Key("LETSENCRYPT_EMAIL", _text, default=""),
-    Key("BACKUP_DIR", _text, default="backups"),
-    Key("BACKUP_KEEP", _int(1, 365), default="3"),
+    Key("DJANGO_SUPERUSER_USERNAME", _text, default="", readers=TASKS),
+    Key("DJANGO_SUPERUSER_EMAIL", _text, default="", readers=TASKS),
+    Key("DJANGO_SUPERUSER_PASSWORD", secret=True, default="", readers=TASKS),
+    Key("POSTGRES_DB", _prefix, ALL, readers=_readers("django", "postgresql", "backup", "tasks")),
+    Key("POSTGRES_USER", _prefix, ALL, readers=_readers("django", "postgresql", "backup", "tasks")),
+    Key(
+        "POSTGRES_PASSWORD",
+        required=ALL,
+        secret=True,
+        readers=_readers("django", "postgresql", "backup", "tasks"),
+    ),
+    Key("POSTGRES_HOST", _host, default="pgbouncer", readers=DJANGO),
+    Key("POSTGRES_PORT", _port, default="6432", readers=DJANGO),
+    Key("REDIS_HOST", _host, default="redis", readers=DJANGO),
+    Key("REDIS_PORT", _port, default="6379", readers=DJANGO),
+    Key("REDIS_DB", _int(0, 15), default="0", readers=DJANGO),
+    Key("REDIS_USER", _text, SERVER_ENVS, default="", readers=_readers("django", "redis")),
+    Key(
+        "REDIS_PASSWORD",
+        required=SERVER_ENVS,
+        secret=True,
+        default="",
+        readers=_readers("django", "redis"),
+    ),
+    Key("REDIS_KEY_PREFIX", _prefix, default="dev", readers=_readers("django", "redis")),
+    Key("GUNICORN_WORKERS", _int(1, 16), default="2", readers=DJANGO),
+    Key("GUNICORN_THREADS", _int(1, 32), default="2", readers=DJANGO),
+    Key("APP_PORT", _port, default="8000", readers=_readers("django", "deploy")),
+    Key("DJANGO_STATIC_ROOT", _text, default="", readers=DJANGO),
+    Key("DJANGO_MEDIA_ROOT", _text, default="", readers=DJANGO),
+    Key(
+        "POSTGRES_SUPERUSER_PASSWORD",
+        required=frozenset({"production"}),
+        secret=True,
+        default="",
+        readers=_readers("postgresql", "tasks"),
+    ),
+    Key(
+        "PGBOUNCER_AUTH_PASSWORD",
+        required=frozenset({"production"}),
+        secret=True,
+        default="",
+        readers=_readers("postgresql", "pgbouncer"),
+    ),
+    Key(
+        "REDIS_ADMIN_PASSWORD",
+        required=frozenset({"production"}),
+        secret=True,
+        default="",
+        readers=_readers("redis", "tasks"),
+    ),
+    Key("STATUS_USER", _text, default="ops", readers=_readers("nginx")),
+    Key(
+        "STATUS_PASSWORD",
+        required=frozenset({"production"}),
+        secret=True,
+        default="",
+        readers=_readers("nginx"),
+    ),
+    Key("LETSENCRYPT_EMAIL", _text, default="", readers=TASKS),
+    Key("BACKUP_DIR", _text, default="backups", readers=BACKUP),
+    Key("BACKUP_KEEP", _int(1, 365), default="3", readers=BACKUP),
     Key(
         "BACKUP_AGE_RECIPIENT",
         _recipient,
@@ -239,25 +303,67 @@ SCHEMA: tuple[Key, ...] = (
         default="",
         fix="make a key pair off the server with `python -m opskit.age keygen -o backup.key` "
         "and put the printed public key (age1...) here",
+        readers=BACKUP,
     ),
-    Key("S3_ENDPOINT_URL", _url, default=""),
-    Key("S3_BUCKET", _text, default=""),
-    Key("S3_PREFIX", _text, default=""),
-    Key("S3_ACCESS_KEY_ID", _text, default=""),
-    Key("S3_SECRET_ACCESS_KEY", secret=True, default=""),
-    Key("S3_RETENTION_DAYS", _int(1, 3650), default="30"),
-    Key("SLACK_WEBHOOK_URL", _url, secret=True, default=""),
+    Key("S3_ENDPOINT_URL", _url, default="", readers=BACKUP),
+    Key("S3_BUCKET", _text, default="", readers=BACKUP),
+    Key("S3_PREFIX", _text, default="", readers=BACKUP),
+    Key("S3_ACCESS_KEY_ID", _text, default="", readers=BACKUP),
+    Key("S3_SECRET_ACCESS_KEY", secret=True, default="", readers=BACKUP),
+    Key("S3_RETENTION_DAYS", _int(1, 3650), default="30", readers=BACKUP),
+    Key("SLACK_WEBHOOK_URL", _url, secret=True, default="", readers=_readers("deploy", "tasks")),
     # read by `docker compose` from the checkout's .env (compose/server.yml, local.yml)
-    Key("HTTP_PUBLISH", _publish, default="80"),
-    Key("HTTPS_PUBLISH", _publish, default="443"),
-    Key("DJANGO_PROD_MEMORY_LIMIT", _memory, default="144m"),
-    Key("DJANGO_STAGING_MEMORY_LIMIT", _memory, default="96m"),
-    Key("STAGING_ENV_FILE", _text, default=".env.staging"),
-    Key("EXTRA_CA_CERTS", _text, default=""),
-    Key("DEV_PORT", _port, default="8000"),
+    Key("HTTP_PUBLISH", _publish, default="80", readers=COMPOSE),
+    Key("HTTPS_PUBLISH", _publish, default="443", readers=COMPOSE),
+    Key("DJANGO_PROD_MEMORY_LIMIT", _memory, default="144m", readers=COMPOSE),
+    Key("DJANGO_STAGING_MEMORY_LIMIT", _memory, default="96m", readers=COMPOSE),
+    Key("STAGING_ENV_FILE", _text, default=".env.staging", readers=COMPOSE),
+    Key("EXTRA_CA_CERTS", _text, default="", readers=COMPOSE),
+    Key("DEV_PORT", _port, default="8000", readers=COMPOSE),
 )
 KEYS = {k.name: k for k in SCHEMA}
 SECRET_KEYS = frozenset(k.name for k in SCHEMA if k.secret)
+
+# Keys a service gets under another name, because compose hands it both environments'
+# values (compose/server.yml): service -> {name in the container: key of the schema}.
+RENAMED: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "postgresql": MappingProxyType(
+            {
+                "PRODUCTION_POSTGRES_DB": "POSTGRES_DB",
+                "PRODUCTION_POSTGRES_USER": "POSTGRES_USER",
+                "PRODUCTION_POSTGRES_PASSWORD": "POSTGRES_PASSWORD",
+            }
+        ),
+        "redis": MappingProxyType(
+            {
+                "REDIS_PROD_USER": "REDIS_USER",
+                "REDIS_PROD_PASSWORD": "REDIS_PASSWORD",
+                "REDIS_PROD_KEY_PREFIX": "REDIS_KEY_PREFIX",
+            }
+        ),
+    }
+)
+
+
+def keys_for(service: str) -> tuple[str, ...]:
+    """The schema's keys that `service` reads, in schema order."""
+    if service not in READERS:
+        raise ValueError(f"unknown service {service!r}: use {', '.join(READERS)}")
+    return tuple(k.name for k in SCHEMA if service in k.readers)
+
+
+def withheld_from(service: str) -> tuple[str, ...]:
+    """The schema's keys `service` must not get, in schema order: what compose blanks
+    where the service reads a whole env file (env_file)."""
+    keys_for(service)
+    return tuple(k.name for k in SCHEMA if service not in k.readers)
+
+
+def schema_key(service: str, name: str) -> str | None:
+    """The schema key that a variable of `service`'s container stands for, or None."""
+    name = RENAMED.get(service, {}).get(name, name)
+    return name if name in KEYS else None
 
 
 @dataclass(frozen=True)
