@@ -5,6 +5,10 @@ ALLOWED_HOSTS check, sessions and auth: Docker's health check and the deploy scr
 it over plain http with Host 127.0.0.1, localhost or a container name, and it must not
 create sessions or touch the cache's session keys.
 
+The details (each dependency, timings, error class, version, environment) go only to
+the probes that ask the container directly; a request that came through nginx gets
+`{"status": "ok"}` or `{"status": "fail"}` with the same 200 or 503.
+
 Both probes run at the same time and each is bounded: the database probe in a
 long-lived thread of its own (PgBouncer can hold a query in its queue for minutes when
 PostgreSQL is down, and libpq has no read timeout), the cache probe by the Redis
@@ -300,9 +304,24 @@ def run_checks() -> dict:
     }
 
 
-def health_response(method: str) -> HttpResponse:
+# Set by nginx on every request it proxies (nginx/templates/snippets/proxy.conf), and
+# replaced there, so a client cannot remove them: a request carrying one came from the
+# internet. Docker's health check, the deploy gate (from inside the nginx container),
+# `inv healthcheck` and the monitor ask the container directly and carry neither.
+PROXIED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+
+
+def is_public(meta) -> bool:
+    """Did this request come through the public proxy? Then it gets the status only."""
+    return any(meta.get(h) for h in PROXIED_HEADERS)
+
+
+def health_response(method: str, public: bool = False) -> HttpResponse:
     body = run_checks()
     status = 200 if body["status"] == "ok" else 503
+    if public:
+        # no version, environment, timings or error names for the internet
+        body = {"status": body["status"]}
     if method == "HEAD":
         response = HttpResponse(status=status, content_type="application/json")
     else:
@@ -326,4 +345,4 @@ class HealthCheckMiddleware:
             response = JsonResponse({"error": "use GET or HEAD"}, status=405)
             response["Allow"] = "GET, HEAD"
             return response
-        return health_response(request.method)
+        return health_response(request.method, public=is_public(request.META))

@@ -79,6 +79,20 @@ class HealthTests(AppTestCase):
         self.assertEqual(response.cookies, {})
         self.assertFalse(Session.objects.exists())
 
+    def test_through_the_proxy_only_the_status(self):
+        for header in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP"):
+            with self.subTest(header=header):
+                response = self.client.get("/health/", **{header: "203.0.113.9"})
+                self.assertEqual(response.status_code, 200)
+                self.assertEqual(response.json(), {"status": "ok"})
+
+    @override_settings(CACHES=UNREACHABLE_CACHE)
+    def test_through_the_proxy_a_failure_names_nothing(self):
+        response = self.client.get("/health/", HTTP_X_FORWARDED_FOR="203.0.113.9")
+        self.assertEqual(response.status_code, 503)
+        self.assertEqual(response.json(), {"status": "fail"})
+        self.assertNotIn(b"ConnectionError", response.content)
+
     def test_head_and_other_methods(self):
         self.assertEqual(self.client.head("/health/").status_code, 200)
         response = self.client.post("/health/")
