@@ -9,9 +9,11 @@ per-address zones of one test never see another test's traffic.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
+import os
 import re
 import secrets
 import shutil
@@ -29,7 +31,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.harness.core import ROOT, require_binary, venv_tool, wait_until
+from tests.harness.core import ROOT, free_port, require_binary, venv_tool, wait_until
 from tests.harness.native import NginxServer, _world_tmpdir, make_nginx
 
 PROD, WWW, STAGING, STATUS = (
@@ -849,3 +851,190 @@ def test_end_to_end_app_health_and_collected_static(app_behind_nginx):
     admin = request(nginx, PROD, "/admin/login/")
     assert admin.status == 200
     assert_security_headers(admin)
+
+
+# --- /health/ for the internet, admin sign-in limit, uploads that cannot run script ----
+
+
+def test_public_health_is_the_status_only_while_probes_get_details(app_behind_nginx):
+    nginx, app, _login = app_behind_nginx
+    public = request(nginx, PROD, "/health/")
+    assert public.status == 200
+    assert public.json() == {"status": "ok"}, public.body
+    # a client's own X-Forwarded-For changes nothing: nginx replaces it
+    spoofed = request(nginx, PROD, "/health/", headers={"X-Forwarded-For": ""})
+    assert spoofed.json() == {"status": "ok"}
+    # Docker's health check, the deploy gate and `inv healthcheck` ask the container itself
+    import requests
+
+    direct = requests.get(f"{app.url}/health/", headers={"Host": "127.0.0.1"}, timeout=30)
+    body = direct.json()
+    assert direct.status_code == 200 and body["status"] == "ok"
+    assert body["version"] and body["environment"] == "production"
+    assert set(body["checks"]) == {"database", "cache"}
+
+
+def test_admin_sign_in_burst_gets_429_past_five_a_minute(app_behind_nginx):
+    nginx, _app, _login = app_behind_nginx
+    # an address of its own, so other tests' sign-ins (from 127.0.0.1) do not count
+    source = "127.0.0.3"
+    form = urlencode({"username": "nobody", "password": "guess"}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    statuses = [
+        request(nginx, PROD, "/admin/login/", method="POST", body=form, headers=headers,
+                source=source).status
+        for _ in range(12)
+    ]  # fmt: skip
+    # 5 reach Django (403: no CSRF token), the rest are refused by nginx
+    assert statuses[:5] == [403] * 5, statuses
+    assert statuses[5:] == [429] * 7, statuses
+    # the form itself is not limited beyond the general 200 r/s
+    assert all(
+        request(nginx, PROD, "/admin/login/", source=source).status == 200 for _ in range(10)
+    )
+    assert error_log_rejections(nginx, "admin_login") >= 7
+
+
+MEDIA_PAGE = "MEDIA-PAGE-RENDERED"
+SCRIPT_RAN = "SCRIPT-RAN"
+
+
+def media_files(token: str) -> dict[str, bytes]:
+    """An upload set that runs script wherever a browser treats it as a page of the site:
+    the page loads a script that is itself an upload ('self' under the site's CSP), which
+    marks the DOM and fetches a beacon; the page's image shows it rendered at all."""
+    js = (
+        f"document.documentElement.setAttribute('data-ran', '{SCRIPT_RAN}');"
+        f"fetch('/media/beacon-{token}.txt');"
+    )
+    html = (
+        f"<!doctype html><html><head><title>{MEDIA_PAGE}</title></head><body>"
+        f"<p>{MEDIA_PAGE}</p><img src='/media/seen-html-{token}.png'>"
+        f"<script src='/media/run-{token}.js'></script></body></html>"
+    )
+    svg = (
+        "<svg xmlns='http://www.w3.org/2000/svg' xmlns:xlink='http://www.w3.org/1999/xlink' "
+        f"width='10' height='10'><title>{MEDIA_PAGE}</title>"
+        f"<image href='/media/seen-svg-{token}.png' width='10' height='10'/>"
+        f"<script xlink:href='/media/run-{token}.js'/></svg>"
+    )
+    return {
+        f"page-{token}.html": html.encode(),
+        f"drawing-{token}.svg": svg.encode(),
+        f"run-{token}.js": js.encode(),
+        f"photo-{token}.png": base64.b64decode(
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+        ),
+    }
+
+
+def upload(env: dict, files: dict[str, bytes], tmp: Path) -> None:
+    """Store the files through the app's own storage (MEDIA_ROOT), as an upload would."""
+    from tests.harness.django_app import manage
+
+    src = tmp / "uploads"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    code = (
+        "import pathlib; from django.core.files import File; "
+        "from django.core.files.storage import default_storage as s\n"
+        f"for p in sorted(pathlib.Path({str(src)!r}).iterdir()):\n"
+        "    with p.open('rb') as f: assert s.save(p.name, File(f)) == p.name\n"
+    )
+    manage(env, "shell", "-c", code)
+
+
+def chromium_dump(url: str, resolve: str, tmp: Path, wait_s: float = 8) -> str:
+    """Headless Chromium opens `url` (host names mapped to loopback) and prints the DOM.
+
+    A response that is a download never becomes a document: Chromium then prints nothing
+    and waits, so it is stopped after `wait_s` (a page renders and prints within a second
+    or two here) with everything it started.
+    """
+    import signal
+
+    binary = require_binary("chromium")
+    profile = tmp / f"profile-{secrets.token_hex(3)}"
+    argv = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", f"--user-data-dir={profile}", "--ignore-certificate-errors",
+        # every name but ours is unresolvable: nothing leaves loopback
+        f"--host-resolver-rules=MAP {resolve} 127.0.0.1, MAP * ~NOTFOUND",
+        "--virtual-time-budget=3000", "--dump-dom", url,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={"HOME": str(tmp), "PATH": "/usr/bin:/bin"}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out or ""
+
+
+def test_uploads_in_media_cannot_run_script(app_behind_nginx, tmp_path):
+    nginx, app, _login = app_behind_nginx
+    token = secrets.token_hex(4)
+    files = media_files(token)
+    upload(app.env, files, tmp_path)
+
+    # the headers, per type
+    for name in files:
+        resp = request(nginx, PROD, f"/media/{name}")
+        assert resp.status == 200 and resp.body == files[name], name
+        assert_security_headers(resp)
+        assert resp.all("x-content-type-options") == ["nosniff"]
+        csp = resp.all("content-security-policy")
+        assert len(csp) == 1 and csp[0].startswith("sandbox;"), (name, csp)
+        disposition = resp.all("content-disposition")
+        if name.endswith(".png"):
+            assert disposition == [], name  # a plain image is shown
+        else:
+            assert disposition == ["attachment"], (name, disposition)
+    assert request(nginx, PROD, f"/media/drawing-{token}.svg").header("content-type") == (
+        "image/svg+xml"
+    )
+
+    # a real browser opening each: no script runs, nothing renders as a page of the site
+    origin = f"https://{PROD}:{nginx.https_port}"
+    for name in (f"page-{token}.html", f"drawing-{token}.svg"):
+        dom = chromium_dump(f"{origin}/media/{name}", PROD, tmp_path)
+        assert SCRIPT_RAN not in dom and MEDIA_PAGE not in dom, (name, dom[:500])
+    # Chromium did fetch both files, and nothing they would have loaded
+    log = [json.loads(line) for line in nginx.access_log.read_text().splitlines() if line]
+    uris = [e["uri"] for e in log if token in e["uri"] and "Chrome" in e["user_agent"]]
+    assert f"/media/page-{token}.html" in uris and f"/media/drawing-{token}.svg" in uris
+    loaded = [u for u in uris if "beacon" in u or "seen-" in u or "run-" in u]
+    assert loaded == [], loaded
+
+
+def test_the_browser_check_sees_script_that_runs(tmp_path):
+    """The same files from a plain server without these headers: Chromium renders the page
+    and runs its script, so the test above would see it if nginx let it happen."""
+    token = secrets.token_hex(4)
+    root = tmp_path / "site"
+    (root / "media").mkdir(parents=True)
+    for name, data in media_files(token).items():
+        (root / "media" / name).write_bytes(data)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True,
+                   timeout=10, what="http.server")  # fmt: skip
+        dom = chromium_dump(
+            f"http://plain.test:{port}/media/page-{token}.html", "plain.test", tmp_path
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert MEDIA_PAGE in dom and SCRIPT_RAN in dom, dom[:500]
