@@ -17,18 +17,21 @@
 #                 (default: aiia/backup:latest, built by `docker compose build backup`)
 #   BACKUP_DIR    where the sets go (default: backups/ in the checkout)
 #   LOG_DIR       where the run logs go (default: logs/ in the checkout)
-#   MEDIA_VOLUME  a Docker volume of user uploads to archive as media.tar.gz.age
+#   MEDIA_VOLUME  the Docker volume of the environment's uploads, archived as media.tar.gz.age
+#                 (default: aiia_media_prod or aiia_media_staging, the server stack's;
+#                 `none` leaves media out of the set, on the operator's word)
 #   NETWORK       the stack's network (default: aiia_network)
 #
 # Output: progress on stderr, the new set's path on stdout; a log per run in
 # logs/backup_<env>_<UTC time>.log. Exit status: 0 good (offsite trouble is a WARNING and
 # is retried next run), 1 the backup failed (earlier sets untouched), 2 wrong usage/setup.
 set -o errexit -o pipefail -o nounset
+# sets and logs are the operator's alone (0600 files, 0700 directories)
+umask 077
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BACKUP_IMAGE=${BACKUP_IMAGE:-aiia/backup:latest}
 NETWORK=${NETWORK:-aiia_network}
-MEDIA_VOLUME=${MEDIA_VOLUME:-}
 BACKUP_DIR=${BACKUP_DIR:-$ROOT/backups}
 LOG_DIR=${LOG_DIR:-$ROOT/logs}
 
@@ -37,9 +40,10 @@ die() { printf 'backup.sh: %s\n' "$*" >&2; exit 2; }
 
 [ $# -eq 1 ] || { usage; die "expected one argument, production or staging (got $#)"; }
 case "$1" in
-  production) ENVIRONMENT=production; default_env_file="$ROOT/.env" ;;
+  production) ENVIRONMENT=production; default_env_file="$ROOT/.env"; media_volume=aiia_media_prod ;;
   staging)
     ENVIRONMENT=staging
+    media_volume=aiia_media_staging
     default_env_file="$ROOT/.env"
     [ -f "$ROOT/.env.staging" ] && default_env_file="$ROOT/.env.staging"
     ;;
@@ -56,18 +60,24 @@ docker image inspect "$BACKUP_IMAGE" >/dev/null 2>&1 \
 docker network inspect "$NETWORK" >/dev/null 2>&1 \
   || die "network $NETWORK not found: is the stack up? (docker compose up -d, from the checkout)"
 
+MEDIA_VOLUME=${MEDIA_VOLUME:-$media_volume}
+if [ "$MEDIA_VOLUME" != none ]; then
+  docker volume inspect "$MEDIA_VOLUME" >/dev/null 2>&1 \
+    || die "media volume $MEDIA_VOLUME not found: is the stack up? (docker compose up -d), or set MEDIA_VOLUME to the uploads' volume (none: a set without media)"
+fi
+
 mkdir -p "$BACKUP_DIR" "$LOG_DIR"
-chmod 700 "$BACKUP_DIR"
+chmod 700 "$BACKUP_DIR" "$LOG_DIR"
 BACKUP_DIR=$(realpath "$BACKUP_DIR")
 LOG="$LOG_DIR/backup_${ENVIRONMENT}_$(date -u +%Y%m%d_%H%M%S).log"
 
 media=()
-if [ -n "$MEDIA_VOLUME" ]; then
-  media=(-v "$MEDIA_VOLUME:/media:ro")
-fi
 media_arg=()
-if [ -n "$MEDIA_VOLUME" ]; then
+if [ "$MEDIA_VOLUME" != none ]; then
+  media=(-v "$MEDIA_VOLUME:/media:ro")
   media_arg=(--media-dir /media)
+else
+  printf 'backup.sh: MEDIA_VOLUME=none: this set holds no media\n' >&2
 fi
 
 # The code comes from this checkout (read-only), so the image needs only the dependencies.

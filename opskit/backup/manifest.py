@@ -142,6 +142,18 @@ class Manifest:
             extra.append(f"  age -d -i backup.key {CONFIG_FILE} | tar -xzf -    # the env file")
         if MEDIA_FILE in names:
             extra.append(f"  age -d -i backup.key {MEDIA_FILE} | tar -xzf -    # user uploads")
+            volume = {"production": "aiia_media_prod", "staging": "aiia_media_staging"}.get(
+                self.environment, "aiia_media_prod"
+            )
+            extra += [
+                "",
+                "The uploads back into the server's media volume (files of the same name are",
+                "replaced, others stay), or with the toolkit: inv db-restore ... --media",
+                "",
+                f"  age -d -i backup.key {MEDIA_FILE} | docker run --rm -i --network none "
+                f"--user 10001:10001 --mount type=volume,source={volume},target=/restore/media "
+                f"--entrypoint tar aiia/app:{self.environment} -xzf - -C /restore --no-same-owner",
+            ]
         if extra:
             text += ["", "Configuration and media:", "", *extra]
         return text

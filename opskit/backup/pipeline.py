@@ -306,17 +306,76 @@ def _stream_dump(
         listing.close()
 
 
+class _Tee:
+    """Writes to the encryption and to a checker's stdin (the plaintext, as it goes)."""
+
+    def __init__(self, first, second) -> None:
+        self.first, self.second = first, second
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.first.write(data)
+        self.second.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.first.flush()
+
+
 def _archive(sources: list[tuple[Path, str]], target: Path, recipient: str) -> tuple[str, int]:
     """tar.gz of `sources` (path, name in archive), encrypted, streamed; (sha256, size)."""
-    with _create_private(target) as raw:
-        out = _HashingWriter(raw)
-        with age.Encryptor(out, [recipient]) as encryptor:
-            with tarfile.open(fileobj=encryptor, mode="w|gz") as tar:  # type: ignore[arg-type]
-                for path, name in sources:
-                    tar.add(path, arcname=name)
-        out.flush()
-        os.fsync(raw.fileno())
-    return out.digest.hexdigest(), out.size
+    sha, size, _members = _archive_checked(sources, target, recipient, check=False)
+    return sha, size
+
+
+def _archive_checked(
+    sources: list[tuple[Path, str]], target: Path, recipient: str, *, check: bool = True
+) -> tuple[str, int, int]:
+    """`_archive`, verified like the dump: the plaintext tar.gz, while it is encrypted, is
+    read back by `tar -tz` (another program), which must list every member written;
+    (sha256, size, members)."""
+    added: list[str] = []
+
+    def count(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        added.append(info.name)
+        return info
+
+    listing = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    lister = (
+        subprocess.Popen(
+            ["tar", "-tzf", "-"], stdin=subprocess.PIPE, stdout=listing, stderr=subprocess.PIPE
+        )  # fmt: skip
+        if check
+        else None
+    )
+    try:
+        with _create_private(target) as raw:
+            out = _HashingWriter(raw)
+            with age.Encryptor(out, [recipient]) as encryptor:
+                sink = _Tee(encryptor, lister.stdin) if lister else encryptor
+                with tarfile.open(fileobj=sink, mode="w|gz") as tar:  # type: ignore[arg-type]
+                    for path, name in sources:
+                        tar.add(path, arcname=name, filter=count)
+            out.flush()
+            os.fsync(raw.fileno())
+        if lister:
+            lister.stdin.close()
+            err = lister.stderr.read().decode(errors="replace").strip()
+            if lister.wait(timeout=600) != 0:
+                raise BackupFailed(f"tar -tz could not read the archive back: {err}")
+            listing.seek(0)
+            listed = [line for line in listing.read().decode(errors="replace").splitlines()]
+            if len(listed) != len(added):
+                raise BackupFailed(
+                    f"tar -tz read {len(listed)} members back, {len(added)} were written"
+                )
+    except BrokenPipeError:
+        raise BackupFailed("tar -tz stopped reading the archive") from None
+    finally:
+        if lister and lister.poll() is None:
+            lister.kill()
+            lister.wait()
+        listing.close()
+    return out.digest.hexdigest(), out.size, len(added)
 
 
 def _unique_name(backup_dir: Path, environment: str, now: dt.datetime) -> str:
@@ -383,14 +442,19 @@ def run_backup(
                     spec.recipient,
                 )
                 files.append(manifest.FileEntry(manifest.CONFIG_FILE, size, sha))
-            if spec.media_dir is not None and Path(spec.media_dir).is_dir():
+            if spec.media_dir is not None:
+                if not Path(spec.media_dir).is_dir():
+                    raise BackupFailed(f"media directory {spec.media_dir} is not a directory")
                 t0 = time.monotonic()
-                sha, size = _archive(
+                sha, size, members = _archive_checked(
                     [(Path(spec.media_dir), "media")], partial / manifest.MEDIA_FILE,
                     spec.recipient,
                 )  # fmt: skip
                 files.append(manifest.FileEntry(manifest.MEDIA_FILE, size, sha))
-                report(f"backup: media archived, {_human(size)} in {time.monotonic() - t0:.1f}s")
+                report(
+                    f"backup: media archived and read back, {members} entries, "
+                    f"{_human(size)} in {time.monotonic() - t0:.1f}s"
+                )
             found = manifest.Manifest(
                 name=name,
                 environment=spec.environment,

@@ -334,3 +334,95 @@ def _check_scratch(psql: _Psql, scratch: str, found: manifest.Manifest) -> tuple
         if migrations == 0:
             raise RestoreFailed("django_migrations is empty in the restored database")
     return tables, migrations
+
+
+# --- media: the set's uploads back into the environment's volume ------------------------
+
+# the server stack's volumes (compose/server.yml, project aiia) and the app's user, who
+# owns the uploads (compose/app/Dockerfile)
+MEDIA_VOLUMES = {"production": "aiia_media_prod", "staging": "aiia_media_staging"}
+APP_USER = "10001:10001"
+
+
+def media_image(environment: str) -> str:
+    """An image with tar that the server has: the environment's application image."""
+    return f"aiia/app:{environment}"
+
+
+def media_extract(volume: str, image: str) -> list[str]:
+    """`tar -xz` from stdin into `volume`, in a throwaway container with no network.
+
+    The archive's entries are media/...; the volume is mounted at /restore/media, so each
+    file lands where it was. Files of the same name are replaced, others are left alone.
+    """
+    return [
+        "docker", "run", "--rm", "-i", "--network", "none", "--user", APP_USER,
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+        "--mount", f"type=volume,source={volume},target=/restore/media",
+        "--entrypoint", "tar", image, "-xzf", "-", "-C", "/restore", "--no-same-owner",
+    ]  # fmt: skip
+
+
+def restore_media(
+    path: str | Path,
+    identities: Sequence[str],
+    *,
+    argv: Sequence[str] | None,
+    identity_source: str = "the identity file",
+    report: Report = print,
+) -> int:
+    """Decrypt the set's media.tar.gz.age and stream it into `argv` (media_extract);
+    with `argv` None only read it through (the drill). Returns the entries read."""
+    import tarfile
+
+    set_dir = resolve_set(path)
+    media = set_dir / manifest.MEDIA_FILE
+    if not media.is_file():
+        raise RestoreRefused(f"{set_dir.name} holds no {manifest.MEDIA_FILE}; no media restored")
+    t0 = time.monotonic()
+    with open(media, "rb") as src:
+        try:
+            decryptor = age.Decryptor(src, identities)
+        except age.NoMatchError as exc:
+            raise RestoreRefused(
+                f"{manifest.MEDIA_FILE}: {exc.with_source(identity_source)}; no media restored"
+            ) from None
+        except age.AgeError as exc:
+            raise RestoreRefused(f"{manifest.MEDIA_FILE}: {exc}; no media restored") from None
+
+        if argv is None:
+            try:
+                with tarfile.open(fileobj=decryptor, mode="r|gz") as tar:
+                    entries = sum(1 for _ in tar)
+            except (tarfile.TarError, age.AgeError, OSError) as exc:
+                raise RestoreFailed(f"{manifest.MEDIA_FILE} does not read back: {exc}") from None
+            report(f"restore: {manifest.MEDIA_FILE} read back, {entries} entries (not extracted)")
+            return entries
+        child = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        total = 0
+        try:
+            assert child.stdin is not None and child.stderr is not None
+            try:
+                for chunk in decryptor.chunks():
+                    child.stdin.write(chunk)
+                    total += len(chunk)
+                child.stdin.close()
+            except BrokenPipeError:
+                pass
+            except age.AgeError as exc:
+                child.kill()
+                raise RestoreFailed(
+                    f"{manifest.MEDIA_FILE}: {exc}; the files extracted before it stay"
+                ) from None
+            err = child.stderr.read().decode(errors="replace").strip()
+            if child.wait() != 0:
+                raise RestoreFailed(f"extracting the media failed: {err or 'no message'}")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    report(
+        f"restore: media put back from {set_dir.name} ({total} bytes of archive) in "
+        f"{time.monotonic() - t0:.1f}s"
+    )
+    return total

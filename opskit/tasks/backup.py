@@ -114,6 +114,9 @@ def db_backup_staging(
         "yes": "swap the restored copy into place without asking",
         "verify-only": "the restore drill: restore into a scratch database, check it, drop it",
         "force": "allow a set of another environment (staging into production)",
+        "media": "also put the set's uploads (media.tar.gz.age) back into the environment's "
+        "media volume (aiia_media_prod / aiia_media_staging) once the database is in place; "
+        "with --verify-only they are decrypted and read through, not extracted",
         "transport": TRANSPORT_HELP,
         "host": "with --transport tcp: PostgreSQL's host",
         "port": "with --transport tcp: its port",
@@ -124,7 +127,7 @@ def db_backup_staging(
 def db_restore(
     c, path, env="production", env_file=None, identity="backup.key", yes=False,
     verify_only=False, force=False, transport="docker", host=jobs.DEFAULT_HOST,
-    port=jobs.DEFAULT_PORT, dry_run=False,
+    port=jobs.DEFAULT_PORT, dry_run=False, media=False,
 ):  # fmt: skip
     """Restore a backup set: check, decrypt, restore into scratch, check, swap with --yes."""
     root = project_root(outside_is_cwd=True)
@@ -144,6 +147,10 @@ def db_restore(
             "check tables and django_migrations; then "
             + ("DROP the scratch database" if verify_only else "swap it into place (renames)")
         )
+        if media:
+            extract = restore.media_extract(restore.MEDIA_VOLUMES[env], restore.media_image(env))
+            target = "tar -tz (read only)" if verify_only else commands.display(extract)
+            print(f"age -d -i {identity} {set_dir}/{manifest.MEDIA_FILE} | {target}")
         return
     try:
         identities, source = jobs.read_identity(identity)
@@ -169,6 +176,16 @@ def db_restore(
         raise Exit(f"restore FAILED: {exc}", code=1) from None
     if not verify_only and not result.swapped:
         raise Exit("restore: not swapped; nothing was changed", code=1)
+    if media:
+        extract = None
+        if not verify_only:
+            extract = restore.media_extract(restore.MEDIA_VOLUMES[env], restore.media_image(env))
+        try:
+            restore.restore_media(
+                set_dir, spec.identities, argv=extract, identity_source=source, report=say
+            )
+        except (restore.RestoreRefused, restore.RestoreFailed) as exc:
+            raise Exit(f"restore: the database is restored, the media FAILED: {exc}", 1) from None
     print(f"{result.set_dir.name}: {result.tables} tables restored", file=sys.stdout)
 
 
