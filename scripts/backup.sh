@@ -18,7 +18,8 @@
 #   BACKUP_DIR    where the sets go (default: backups/ in the checkout)
 #   LOG_DIR       where the run logs go (default: logs/ in the checkout)
 #   MEDIA_VOLUME  the Docker volume of the environment's uploads, archived as media.tar.gz.age
-#                 (default: aiia_media_prod or aiia_media_staging, the server stack's;
+#                 (default: the volume aiia_django_prod or aiia_django_staging has at
+#                 /app/media, aiia_media_prod or aiia_media_staging in the guide's stack;
 #                 `none` leaves media out of the set, on the operator's word)
 #   NETWORK       the stack's network (default: aiia_network)
 #
@@ -40,10 +41,10 @@ die() { printf 'backup.sh: %s\n' "$*" >&2; exit 2; }
 
 [ $# -eq 1 ] || { usage; die "expected one argument, production or staging (got $#)"; }
 case "$1" in
-  production) ENVIRONMENT=production; default_env_file="$ROOT/.env"; media_volume=aiia_media_prod ;;
+  production) ENVIRONMENT=production; default_env_file="$ROOT/.env"; app=aiia_django_prod ;;
   staging)
     ENVIRONMENT=staging
-    media_volume=aiia_media_staging
+    app=aiia_django_staging
     default_env_file="$ROOT/.env"
     [ -f "$ROOT/.env.staging" ] && default_env_file="$ROOT/.env.staging"
     ;;
@@ -60,7 +61,12 @@ docker image inspect "$BACKUP_IMAGE" >/dev/null 2>&1 \
 docker network inspect "$NETWORK" >/dev/null 2>&1 \
   || die "network $NETWORK not found: is the stack up? (docker compose up -d, from the checkout)"
 
-MEDIA_VOLUME=${MEDIA_VOLUME:-$media_volume}
+if [ -z "${MEDIA_VOLUME:-}" ]; then
+  MEDIA_VOLUME=$(docker inspect --type container --format \
+    '{{range .Mounts}}{{if eq .Destination "/app/media"}}{{.Name}}{{end}}{{end}}' "$app" 2>/dev/null) \
+    || die "$app is not running, so its media volume is unknown: start the stack (docker compose up -d), or set MEDIA_VOLUME (none: a set without media)"
+  [ -n "$MEDIA_VOLUME" ] || die "$app has no volume at /app/media: set MEDIA_VOLUME to the uploads' volume (none: a set without media)"
+fi
 if [ "$MEDIA_VOLUME" != none ]; then
   docker volume inspect "$MEDIA_VOLUME" >/dev/null 2>&1 \
     || die "media volume $MEDIA_VOLUME not found: is the stack up? (docker compose up -d), or set MEDIA_VOLUME to the uploads' volume (none: a set without media)"

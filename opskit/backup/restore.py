@@ -338,10 +338,33 @@ def _check_scratch(psql: _Psql, scratch: str, found: manifest.Manifest) -> tuple
 
 # --- media: the set's uploads back into the environment's volume ------------------------
 
-# the server stack's volumes (compose/server.yml, project aiia) and the app's user, who
-# owns the uploads (compose/app/Dockerfile)
-MEDIA_VOLUMES = {"production": "aiia_media_prod", "staging": "aiia_media_staging"}
+# the server stack's app containers, whose volume at /app/media holds the uploads
+# (aiia_media_prod / aiia_media_staging), and the app's user, who owns them
+APP_CONTAINERS = {"production": "aiia_django_prod", "staging": "aiia_django_staging"}
+MEDIA_TARGET = "/app/media"
 APP_USER = "10001:10001"
+
+
+def media_volume_query(environment: str) -> list[str]:
+    return [
+        "docker", "inspect", "--type", "container", "--format",
+        "{{.Image}} "
+        '{{range .Mounts}}{{if eq .Destination "' + MEDIA_TARGET + '"}}{{.Name}}{{end}}{{end}}',
+        APP_CONTAINERS[environment],
+    ]  # fmt: skip
+
+
+def find_media_volume(environment: str) -> tuple[str, str]:
+    """(volume, image) of the environment's app container: the volume it has at
+    /app/media (never a new one), and its image, which has tar and the app's user."""
+    found = subprocess.run(media_volume_query(environment), capture_output=True, text=True)
+    image, _, name = found.stdout.strip().partition(" ")
+    if found.returncode != 0 or not name:
+        raise RestoreRefused(
+            f"{APP_CONTAINERS[environment]} is not running or has no volume at {MEDIA_TARGET}: "
+            "start the stack (docker compose up -d) and run again; no media restored"
+        )
+    return name, image
 
 
 def media_image(environment: str) -> str:

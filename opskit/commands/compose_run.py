@@ -7,8 +7,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from opskit import settings
 from opskit.environments import NETWORK, Environment
 from opskit.shell import BuilderError
+
+# the settings the app containers never get (opskit/settings.py readers)
+APP_WITHHELD = frozenset(settings.withheld_from("django"))
 
 LABEL_ENV = "aiia.env"
 LABEL_RELEASE = "aiia.release"
@@ -82,9 +86,15 @@ class ServiceSpec:
     image: str = ""  # the tag compose runs the service from (aiia/app:production)
 
     def env_file(self) -> str:
-        """The environment in docker's --env-file format (KEY=value, taken literally)."""
+        """The environment in docker's --env-file format (KEY=value, taken literally).
+
+        The keys compose blanks for the app (compose/server.yml, from the settings schema)
+        are left out altogether: a release holds only what Django reads.
+        """
         lines = []
         for key, value in self.environment.items():
+            if value == "" and key in APP_WITHHELD:
+                continue
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise BuilderError(f"environment key {key!r} is not a variable name")
             if "\n" in value or "\r" in value or "\0" in value:

@@ -115,8 +115,8 @@ def db_backup_staging(
         "verify-only": "the restore drill: restore into a scratch database, check it, drop it",
         "force": "allow a set of another environment (staging into production)",
         "media": "also put the set's uploads (media.tar.gz.age) back into the environment's "
-        "media volume (aiia_media_prod / aiia_media_staging) once the database is in place; "
-        "with --verify-only they are decrypted and read through, not extracted",
+        "media volume (the one its Django container has at /app/media) once the database is "
+        "in place; with --verify-only they are decrypted and read through, not extracted",
         "transport": TRANSPORT_HELP,
         "host": "with --transport tcp: PostgreSQL's host",
         "port": "with --transport tcp: its port",
@@ -178,9 +178,10 @@ def db_restore(
         raise Exit("restore: not swapped; nothing was changed", code=1)
     if media:
         extract = None
-        if not verify_only:
-            extract = restore.media_extract(restore.MEDIA_VOLUMES[env], restore.media_image(env))
         try:
+            if not verify_only:
+                volume, image = restore.find_media_volume(env)
+                extract = restore.media_extract(volume, image)
             restore.restore_media(
                 set_dir, spec.identities, argv=extract, identity_source=source, report=say
             )

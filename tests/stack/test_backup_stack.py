@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.core import ROOT
-from tests.stack.stackkit import BUILD_TIMEOUT_S
+from tests.stack.stackkit import BUILD_TIMEOUT_S, PROD
 
 SCRIPT = ROOT / "scripts" / "backup.sh"
 INV = str(Path(sys.executable).parent / "inv")
@@ -56,7 +56,7 @@ def backup_setup(server_stack, tmp_path_factory):
         env_file.write_text(original)
 
 
-def run_backup(env_file: Path, base: Path) -> subprocess.CompletedProcess:
+def run_backup(env_file: Path, base: Path, **extra: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "ENV_FILE": str(env_file),
@@ -65,6 +65,7 @@ def run_backup(env_file: Path, base: Path) -> subprocess.CompletedProcess:
     }
     for name in ("BACKUP_IMAGE", "NETWORK", "MEDIA_VOLUME"):
         env.pop(name, None)
+    env.update(extra)
     return subprocess.run(
         ["bash", str(SCRIPT), "production"], capture_output=True, text=True, env=env,
         timeout=600,
@@ -140,3 +141,55 @@ def test_backup_sh_writes_verified_sets_and_keeps_three(server_stack, backup_set
     )  # fmt: skip
     assert drill.returncode == 0, drill.stdout + drill.stderr[-4000:]
     assert "drill passed" in drill.stderr
+
+
+def test_backup_sh_holds_the_media_and_restore_brings_an_upload_back(server_stack, backup_setup):
+    """A set from scripts/backup.sh production holds media.tar.gz.age (the volume
+    aiia_django_prod has at /app/media); `inv db-restore --media` puts a deleted upload
+    back byte for byte."""
+    env_file, key, base = backup_setup
+    data = os.urandom(200_000) + b"\x00\xff end"
+    name = f"uploads/restore-{os.getpid()}.bin"
+    put = subprocess.run(
+        ["docker", "exec", "-i", "aiia_django_prod", "sh", "-c",
+         f"mkdir -p /app/media/uploads && cat > /app/media/{name}"],
+        input=data, capture_output=True,
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr
+
+    def read_back() -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "exec", "aiia_django_prod", "cat", f"/app/media/{name}"],
+                              capture_output=True)  # fmt: skip
+
+    done = run_backup(env_file, base)
+    assert done.returncode == 0, done.stderr[-4000:]
+    set_dir = Path(done.stdout.strip().splitlines()[-1])
+    set_dir = set_dir if set_dir.is_absolute() else base / "backups" / set_dir.name
+    assert (set_dir / "media.tar.gz.age").stat().st_size > len(data) // 2
+    assert "media archived and read back" in done.stderr
+    manifest = (set_dir / "MANIFEST.txt").read_text()
+    assert re.search(r"^[0-9a-f]{64}  media.tar.gz.age$", manifest, flags=re.M)
+    assert "media.tar.gz.age | docker run --rm -i --network none" in manifest
+
+    removed = subprocess.run(["docker", "exec", "aiia_django_prod", "rm", f"/app/media/{name}"],
+                             capture_output=True)  # fmt: skip
+    assert removed.returncode == 0 and read_back().returncode != 0
+
+    restored = subprocess.run(
+        [INV, "--search-root", str(ROOT), "db-restore", str(set_dir), "--yes", "--media",
+         "--env", "production", "--env-file", str(env_file), "--identity", str(key)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr[-4000:]
+    assert "media put back" in restored.stderr
+    back = read_back()
+    assert back.returncode == 0 and back.stdout == data
+    owner = subprocess.run(
+        ["docker", "exec", "aiia_django_prod", "stat", "-c", "%u", f"/app/media/{name}"],
+        capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    assert owner == "10001"
+    # the app serves it again through nginx, as a download
+    resp = server_stack.https(PROD, f"/media/{name}")
+    assert resp.status == 200 and resp.body == data
+    assert resp.headers["content-disposition"] == "attachment"

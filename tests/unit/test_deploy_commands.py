@@ -285,6 +285,21 @@ def test_env_file_is_literal_and_refuses_line_breaks():
         broken.env_file()
 
 
+def test_env_file_leaves_out_what_compose_blanked_for_the_app():
+    s = cmd.ServiceSpec(
+        flags=(),
+        environment={
+            "DJANGO_SECRET_KEY": "k" * 50,
+            "DJANGO_STATIC_ROOT": "",  # Django's own key, empty: kept (its default)
+            "S3_SECRET_ACCESS_KEY": "",
+            "DJANGO_SUPERUSER_PASSWORD": "",
+            "SLACK_WEBHOOK_URL": "",
+            "REDIS_ADMIN_PASSWORD": "",
+        },
+    )
+    assert s.env_file() == f"DJANGO_SECRET_KEY={'k' * 50}\nDJANGO_STATIC_ROOT=\n"
+
+
 def test_service_without_network_or_unknown_is_refused():
     with pytest.raises(cmd.BuilderError, match="no service"):
         cmd.service_spec({"services": {}}, "django_prod")
