@@ -178,3 +178,58 @@ def test_exchange_dir_on_a_tmpfs_is_used(checkout):
     proc, answers = deploy(root, bindir, tmp, [["df", "-Pk", "/"]], DEPLOY_EXCHANGE_DIR="/dev/shm")
     assert proc.returncode == 0, proc.stderr
     assert "rc=0" in answers[0]
+
+
+def test_every_command_of_a_deploy_is_in_the_vocabulary(tmp_path):
+    """The engine's own requests in a deploy of an image, of a ref and with the pre-deploy
+    backup all pass deploy.sh's check (its `allowed`, run by bash)."""
+    import shlex
+
+    from opskit import deploy as engine
+    from opskit.shell import join
+    from tests.unit import test_deploy_engine as e
+
+    outcome, ctx, lines = e.deploy(e.Server())
+    assert outcome.ok, "\n".join(lines)
+    argvs = [shlex.split(c) for c in e.commands(ctx)]
+
+    server = e.Server()
+    commit = "abc1234" + "0" * 33
+    build_dir = f"{e.PROD.build_dir}/{e.RELEASE}"
+    server.answers.update(
+        {
+            join(cmd.git_fetch(e.PROD.path)): e.ok(),
+            join(cmd.git_resolve(e.PROD.path, "v2")): e.ok(commit + "\n"),
+            join(cmd.git_describe(e.PROD.path, commit)): e.ok("v2\n"),
+            join(cmd.git_archive(e.PROD.path, commit, build_dir)): e.ok(),
+            join(cmd.compose_build(build_dir)): e.ok(),
+            join(cmd.remove_build_dir(build_dir)): e.ok(),
+        }
+    )
+    release = cmd.run_release(
+        e.PROD, server.spec, e.RELEASE, e.PROD.release_image(e.RELEASE), f"v2@{commit[:12]}"
+    )
+    server.answers[join(release)] = e.ok("cid\n")
+    outcome, ctx, lines = e.deploy(server, image=None, ref="v2")
+    assert outcome.ok, "\n".join(lines)
+    argvs += [shlex.split(c) for c in e.commands(ctx)]
+    argvs.append(["bash", f"{e.PROD.path}/scripts/backup.sh", "production"])  # script_backup
+    assert engine.script_backup  # the hook deploy.sh's engine uses
+    assert len(argvs) > 30
+
+    check = tmp_path / "check.sh"
+    check.write_text(
+        "set -eu\n"
+        f"root={shlex.quote(e.PROD.path)}\n"
+        + re.search(r'(?ms)^ENGINE_SCRIPTS=".*?^}\n', SCRIPT.read_text()).group(0)
+        + 'for f in "$@"; do mapfile -d "" -t argv < "$f"; '
+        'allowed || { echo "REFUSED: ${argv[*]}"; }; done\n'
+    )
+    files = []
+    for n, argv in enumerate(argvs):
+        f = tmp_path / f"argv.{n}"
+        f.write_bytes(b"".join(a.encode() + b"\0" for a in argv))
+        files.append(str(f))
+    proc = subprocess.run(["bash", str(check), *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "", proc.stdout
