@@ -307,7 +307,8 @@ def run_checks() -> dict:
 # Set by nginx on every request it proxies (nginx/templates/snippets/proxy.conf), and
 # replaced there, so a client cannot remove them: a request carrying one came from the
 # internet. Docker's health check, the deploy gate (from inside the nginx container),
-# `inv healthcheck` and the monitor ask the container directly and carry neither.
+# `inv healthcheck` and the monitor ask the container directly and carry neither; nginx
+# leaves them off /health/ for the server's own addresses (nginx.conf, $forwarded_for).
 PROXIED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
 
 

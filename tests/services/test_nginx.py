@@ -857,21 +857,30 @@ def test_end_to_end_app_health_and_collected_static(app_behind_nginx):
 
 
 def test_public_health_is_the_status_only_while_probes_get_details(app_behind_nginx):
-    nginx, app, _login = app_behind_nginx
-    public = request(nginx, PROD, "/health/")
-    assert public.status == 200
-    assert public.json() == {"status": "ok"}, public.body
-    # a client's own X-Forwarded-For changes nothing: nginx replaces it
-    spoofed = request(nginx, PROD, "/health/", headers={"X-Forwarded-For": ""})
-    assert spoofed.json() == {"status": "ok"}
-    # Docker's health check, the deploy gate and `inv healthcheck` ask the container itself
+    """From an address of the internet (127.0.0.3 is neither this host's 127.0.0.1 nor a
+    private network to nginx.conf's geo), /health/ is the status only, whatever the client
+    sends; the server's own probes (127.0.0.1 through nginx, or the container directly, as
+    Docker, the deploy gate and `inv healthcheck` ask) get the details."""
     import requests
 
-    direct = requests.get(f"{app.url}/health/", headers={"Host": "127.0.0.1"}, timeout=30)
-    body = direct.json()
-    assert direct.status_code == 200 and body["status"] == "ok"
-    assert body["version"] and body["environment"] == "production"
-    assert set(body["checks"]) == {"database", "cache"}
+    nginx, app, _login = app_behind_nginx
+    internet = "127.0.0.3"
+    public = request(nginx, PROD, "/health/", source=internet)
+    assert public.status == 200
+    assert public.json() == {"status": "ok"}, public.body
+    assert b"version" not in public.body and b"production" not in public.body
+    for sent in ({"X-Forwarded-For": ""}, {"X-Real-IP": ""}, {"X-Forwarded-For": "127.0.0.1"}):
+        spoofed = request(nginx, PROD, "/health/", source=internet, headers=sent)
+        assert spoofed.json() == {"status": "ok"}, (sent, spoofed.body)
+    # any other page still tells the app the client's address, from here too
+    assert request(nginx, PROD, "/health/x", source="127.0.0.1").status == 404
+
+    for body in (
+        request(nginx, PROD, "/health/", source="127.0.0.1").json(),
+        requests.get(f"{app.url}/health/", headers={"Host": "127.0.0.1"}, timeout=30).json(),
+    ):
+        assert body["status"] == "ok" and body["environment"] == "production", body
+        assert body["version"] and set(body["checks"]) == {"database", "cache"}
 
 
 def test_admin_sign_in_burst_gets_429_past_five_a_minute(app_behind_nginx):
