@@ -80,7 +80,8 @@ LOG="$LOG_DIR/backup_${ENVIRONMENT}_$(date -u +%Y%m%d_%H%M%S).log"
 media=()
 media_arg=()
 if [ "$MEDIA_VOLUME" != none ]; then
-  media=(-v "$MEDIA_VOLUME:/media:ro")
+  # nocopy: the image's own root-owned /media must never seed (and chown) an empty volume
+  media=(--mount "type=volume,source=$MEDIA_VOLUME,target=/media,readonly,volume-nocopy")
   media_arg=(--media-dir /media)
 else
   printf 'backup.sh: MEDIA_VOLUME=none: this set holds no media\n' >&2

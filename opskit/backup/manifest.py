@@ -151,7 +151,8 @@ class Manifest:
                 "replaced, others stay), or with the toolkit: inv db-restore ... --media",
                 "",
                 f"  age -d -i backup.key {MEDIA_FILE} | docker run --rm -i --network none "
-                f"--user 10001:10001 --mount type=volume,source={volume},target=/restore/media "
+                f"--user 10001:10001 --mount type=volume,source={volume},target=/restore/media,"
+                f"volume-nocopy "
                 f"--entrypoint tar aiia/app:{self.environment} -xzf - -C /restore --no-same-owner",
             ]
         if extra:

@@ -381,7 +381,7 @@ def media_extract(volume: str, image: str) -> list[str]:
     return [
         "docker", "run", "--rm", "-i", "--network", "none", "--user", APP_USER,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
-        "--mount", f"type=volume,source={volume},target=/restore/media",
+        "--mount", f"type=volume,source={volume},target=/restore/media,volume-nocopy",
         "--entrypoint", "tar", image, "-xzf", "-", "-C", "/restore", "--no-same-owner",
     ]  # fmt: skip
 
