@@ -20,7 +20,7 @@ import pytest
 
 from opskit.commands import deploy as cmd
 from opskit.commands.lock import Lock
-from opskit.remote import history
+from opskit.deploy import history
 from tests.harness.core import ROOT, require_binary
 
 SCRIPT = ROOT / "scripts" / "deploy.sh"
@@ -95,7 +95,8 @@ def checkout(tmp_path):
     root = tmp_path / "checkout"
     (root / "scripts").mkdir(parents=True)
     (root / "opskit").mkdir()
-    (root / "opskit" / "deploy.py").write_text("# the engine runs in its container\n")
+    (root / "opskit" / "deploy").mkdir()
+    (root / "opskit" / "deploy" / "__init__.py").write_text("# the engine, in its container\n")
     (root / "scripts" / "deploy.sh").write_bytes(SCRIPT.read_bytes())
     (root / "scripts" / "backup.sh").write_text("#!/bin/sh\necho backups/db_prod_x\n")
     bindir = tmp_path / "bin"
@@ -185,7 +186,7 @@ def test_every_command_of_a_deploy_is_in_the_vocabulary(tmp_path):
     backup all pass deploy.sh's check (its `allowed`, run by bash)."""
     import shlex
 
-    from opskit import deploy as engine
+    from opskit.deploy.checks import backup_script
     from opskit.shell import join
     from tests.unit import test_deploy_engine as e
 
@@ -213,8 +214,8 @@ def test_every_command_of_a_deploy_is_in_the_vocabulary(tmp_path):
     outcome, ctx, lines = e.deploy(server, image=None, ref="v2")
     assert outcome.ok, "\n".join(lines)
     argvs += [shlex.split(c) for c in e.commands(ctx)]
-    argvs.append(["bash", f"{e.PROD.path}/scripts/backup.sh", "production"])  # script_backup
-    assert engine.script_backup  # the hook deploy.sh's engine uses
+    # the pre-deploy backup (opskit/deploy/checks.py predeploy_backup)
+    argvs.append(backup_script(e.PROD.path, "production"))
     assert len(argvs) > 30
 
     check = tmp_path / "check.sh"
