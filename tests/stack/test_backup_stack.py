@@ -163,8 +163,8 @@ def test_backup_sh_holds_the_media_and_restore_brings_an_upload_back(server_stac
 
     done = run_backup(env_file, base)
     assert done.returncode == 0, done.stderr[-4000:]
-    set_dir = Path(done.stdout.strip().splitlines()[-1])
-    set_dir = set_dir if set_dir.is_absolute() else base / "backups" / set_dir.name
+    # the set's path as the container saw it (/backups/...): here it is under base
+    set_dir = base / "backups" / Path(done.stdout.strip().splitlines()[-1]).name
     assert (set_dir / "media.tar.gz.age").stat().st_size > len(data) // 2
     assert "media archived and read back" in done.stderr
     manifest = (set_dir / "MANIFEST.txt").read_text()
