@@ -165,7 +165,8 @@ def swarm(vps_cluster: Cluster) -> Swarm:
     registry = vps_cluster.registry
     # the service images under the names the stack gives them, on every node that runs
     # them; the app's releases stay registry references the nodes pull themselves
-    pulled = {image: registry.push(image) for image in SERVICE_IMAGES}
+    with ThreadPoolExecutor(4) as pool:
+        pulled = dict(zip(SERVICE_IMAGES, pool.map(registry.push, SERVICE_IMAGES), strict=True))
     wanted = {
         "db": ["aiia/postgresql:latest", "aiia/pgbouncer:latest", "aiia/redis:latest",
              "aiia/backup:latest"],
@@ -182,7 +183,8 @@ def swarm(vps_cluster: Cluster) -> Swarm:
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(fill, (db, web1, web2)))
-    refs = {tag: registry.push(image) for tag, image in images.items()}
+    with ThreadPoolExecutor(3) as pool:
+        refs = dict(zip(images, pool.map(registry.push, images.values()), strict=True))
 
     tar = checkout_tar()
     for env, path in CHECKOUTS.items():
