@@ -340,3 +340,59 @@ def test_wrk_argv():
                          threads=2, timeout=10, script=None)  # fmt: skip
     assert argv == ["wrk", "-t", "2", "-c", "100", "-d", "2s", "--timeout", "10s", "--latency",
                     "-H", "Host: eduaiia.com", "https://eduaiia.com:8443/admin/"]  # fmt: skip
+
+
+# --- rounds, ratios to stock, the knee ----------------------------------------------------------
+
+
+def _run(config, target, served_rps, p95, error_pct=0.0, cpu=None, users=None):
+    return {"config": config, "target": target, "path": load.TARGETS[target], "users": users,
+            "rps": served_rps, "served_rps": served_rps, "latency_ms": {"p95": p95},
+            "error_pct": error_pct, "cpu_ms_per_served": cpu}  # fmt: skip
+
+
+def test_median():
+    assert load.median([3.0, 1.0, 2.0]) == 2.0
+    assert load.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert load.median([None, 5.0]) == 5.0
+    assert load.median([]) is None
+
+
+def test_summarize_runs_takes_medians_and_compares_with_stock():
+    runs = [_run("tuned", "admin", r, 100.0, cpu=c) for r, c in ((30, 10), (20, 14), (40, 12))]
+    runs += [_run("stock", "admin", r, 300.0, cpu=c) for r, c in ((10, 30), (12, 36), (8, 33))]
+    rows = {r["config"]: r for r in load.summarize_runs(runs)}
+    assert rows["tuned"]["runs"] == 3 and rows["tuned"]["served_rps"] == 30
+    assert rows["tuned"]["cpu_ms_per_served"] == 12
+    assert rows["tuned"]["x_baseline_rps"] == 3.0  # 30 / 10
+    assert rows["tuned"]["x_baseline_cpu"] == 2.75  # 33 / 12
+    assert rows["stock"]["x_baseline_rps"] == 1.0
+
+
+def test_summarize_runs_without_stock_has_no_ratio():
+    (row,) = load.summarize_runs([_run("tuned", "notes", 50, 20.0, cpu=4)])
+    assert row["x_baseline_rps"] is None and row["x_baseline_cpu"] is None
+
+
+def test_knee_is_the_last_user_count_before_the_first_miss():
+    runs = [
+        _run("tuned", "admin", 10, 90.0, users=10),
+        _run("tuned", "admin", 20, 150.0, users=20),
+        _run("tuned", "admin", 40, 250.0, users=40),
+        _run("tuned", "admin", 60, 120.0, users=60),  # after a miss: not counted
+        _run("stock", "admin", 10, 120.0, users=10),
+        _run("stock", "admin", 20, 180.0, error_pct=0.01, users=20),  # an error ends it
+        _run("other", "admin", 10, 200.0, users=10),  # 200 ms is not under 200
+    ]
+    knees = load.knee(load.summarize_runs(runs), "admin")
+    assert knees == {"tuned": 20, "stock": 10, "other": None}
+
+
+def test_summary_table_shows_the_knee():
+    runs = [{**_run("tuned", "admin", 10, 90.0, cpu=12, users=10), "round": 1},
+            {**_run("stock", "admin", 8, 250.0, cpu=30, users=10), "round": 1}]  # fmt: skip
+    report = {"run": {"think_ms": 1000}, "results": runs, "summary": load.summarize_runs(runs)}
+    report["knee"] = {"admin": load.knee(report["summary"], "admin")}
+    text = "\n".join(load.summary_table(report))
+    assert "x stock req/s" in text and "1.25" in text and "2.50" in text
+    assert "tuned: 10" in text and "stock: -" in text
