@@ -50,8 +50,9 @@ DATABASE_TIMEOUT_S = 4.0
 # far inside Docker's health check interval and the deploy gate's polling
 DATABASE_RESULT_TTL_S = 1.0
 # the cache probe's result is shared the same way: its two Redis round trips per request
-# were half the CPU of a /health/ answer (gunicorn behind the bench's nginx, 100 connections: 0.8 against 1.8 stack CPU ms per
-# answer without and with that probe, 1,219 against 433 answers/s)
+# were half the CPU of a /health/ answer (gunicorn behind the bench's nginx, 100
+# connections: 0.8 against 1.8 stack CPU ms per answer without and with that probe,
+# 1,219 against 433 answers/s)
 CACHE_RESULT_TTL_S = 1.0
 
 
