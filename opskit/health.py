@@ -21,11 +21,13 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from opskit.commands import docker as docker_cmd
 from opskit.commands import probes
+
+if TYPE_CHECKING:  # imported where used: the status collector's memory has no room for it
+    from cryptography import x509
 from opskit.runner import Result
 
 GREEN, YELLOW, RED = "green", "yellow", "red"
@@ -339,6 +341,8 @@ def fetch_certificate(port: int, server_name: str, timeout_s: float = 5.0) -> x5
             der = tls.getpeercert(binary_form=True)
     if not der:
         raise ProbeError(f"no certificate presented on 127.0.0.1:{port}")
+    from cryptography import x509
+
     return x509.load_der_x509_certificate(der)
 
 
@@ -423,6 +427,8 @@ def _tls_check(
             )
         return certificate_check(cert, now, f"{lay.domain} (127.0.0.1:{port})")
     if lay.cert_file and (root / lay.cert_file).is_file():
+        from cryptography import x509
+
         cert = x509.load_pem_x509_certificate((root / lay.cert_file).read_bytes())
         return certificate_check(cert, now, lay.cert_file)
     return None  # nothing serves or holds a certificate here: nothing to check

@@ -195,3 +195,19 @@ def test_page_dir_rename_is_atomic(tmp_path: Path):
     inode = target.stat().st_ino
     page.write_atomic(target, "two")
     assert target.read_text() == "two" and target.stat().st_ino != inode
+
+
+def test_not_after_read_from_der_matches_cryptography():
+    import datetime as dt
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from opskit import tls
+    from opskit.status.collect import not_after
+
+    ca = tls.create_ca("status test CA")
+    leaf = tls.issue_leaf(ca, ["eduaiia.com"])
+    for cert in (ca.cert, leaf.cert):
+        der = cert.public_bytes(Encoding.DER)
+        assert not_after(der) == cert.not_valid_after_utc.replace(microsecond=0)
+        assert not_after(der).tzinfo == dt.UTC
