@@ -17,6 +17,7 @@ MODULES = (
     "opskit.remote.cluster",
     "opskit.remote.monitor",
     "opskit.remote.services",
+    "opskit.remote.setup",
 )
 
 ns = namespace(MODULES)

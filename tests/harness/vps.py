@@ -302,6 +302,36 @@ class Registry:
 
 
 @dataclass
+class Pebble:
+    """pebble (Let's Encrypt's test CA) and pebble-challtestsrv in one container.
+
+    Its DNS answers every name with the target VPS's address, so pebble validates each
+    HTTP-01 challenge by a real request to that VPS's port 80. certbot reaches the ACME
+    directory by IP (`directory_url`) and trusts its listener with `listener_ca`.
+    """
+
+    container: str
+    ip: str
+    listener_ca: str  # PEM text
+    management_port: int  # published on 127.0.0.1
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://{self.ip}:14000/dir"
+
+    def roots(self) -> str:
+        """PEM of pebble's issuing root (it changes with every start of pebble)."""
+        import ssl
+        import urllib.request
+
+        ctx = ssl.create_default_context(cadata=self.listener_ca)
+        ctx.check_hostname = False
+        url = f"https://127.0.0.1:{self.management_port}/roots/0"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:  # noqa: S310 - loopback
+            return r.read().decode()
+
+
+@dataclass
 class Cluster:
     """VPS containers on one user-defined network, each booted once per session."""
 
@@ -310,6 +340,7 @@ class Cluster:
     network: str = ""
     vps: dict[str, VPS] = field(default_factory=dict)
     _registry: Registry | None = None
+    _pebble: Pebble | None = None
     _reaper: Service | None = None
     key_filename: str = ""
 
@@ -374,6 +405,67 @@ class Cluster:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:  # noqa: S310 - loopback
                 return r.status == 200
+        except OSError:
+            return False
+
+    # --- ACME -------------------------------------------------------------------------
+
+    def pebble(self, target: VPS) -> Pebble:
+        """A pebble whose DNS points every name at `target` (one per session)."""
+        if self._pebble is not None:
+            return self._pebble
+        from opskit import tls
+
+        image = build_image("aiia-vps-pebble", "Dockerfile.pebble")
+        name = f"aiia-vps-{self.session}-pebble"
+        cfg = self.base / "pebble"
+        cfg.mkdir()
+        cfg.chmod(0o755)
+        mgmt = free_port()
+        # pebble starts once its config is there: the listener's certificate names the
+        # container's address, known only after it joined the network
+        script = (
+            "while [ ! -f /cfg/ready ]; do sleep 0.2; done; "
+            "pebble-challtestsrv -dns01 :8053 -defaultIPv4 \"$(cat /cfg/target)\" -defaultIPv6 '' "
+            "-http01 '' -https01 '' -tlsalpn01 '' -management :8055 & "
+            "exec pebble -config /cfg/pebble.json -dnsserver 127.0.0.1:8053"
+        )
+        docker("run", "-d", "--name", name, *self.labels(), "--network", self.network,
+               "--network-alias", "pebble", "--memory", "128m",
+               "-e", "PEBBLE_VA_NOSLEEP=1", "-e", "PEBBLE_WFE_NONCEREJECT=0",
+               "-v", f"{cfg}:/cfg:ro", "-p", f"127.0.0.1:{mgmt}:15000",
+               image, "sh", "-c", script)  # fmt: skip
+        info = json.loads(docker("inspect", name).stdout)[0]
+        ip = info["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+        ca = tls.create_ca("pebble listener test CA")
+        leaf = tls.issue_leaf(ca, [ip, "pebble", "127.0.0.1"])
+        (cfg / "cert.pem").write_bytes(leaf.cert_pem())
+        (cfg / "key.pem").write_bytes(leaf.key_pem())
+        (cfg / "key.pem").chmod(0o644)  # a throwaway test key, read by the container's nobody
+        config = {
+            "pebble": {
+                "listenAddress": "0.0.0.0:14000",
+                "managementListenAddress": "0.0.0.0:15000",
+                "certificate": "/cfg/cert.pem",
+                "privateKey": "/cfg/key.pem",
+                "httpPort": 80,
+                "tlsPort": 443,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": False,
+            }
+        }
+        (cfg / "pebble.json").write_text(json.dumps(config))
+        (cfg / "target").write_text(target.ip)
+        (cfg / "ready").write_text("")
+        pem = ca.cert_pem().decode()
+        self._pebble = Pebble(name, ip, pem, mgmt)
+        wait_until(lambda: self._pebble_answers(self._pebble), timeout=30, what="pebble")
+        return self._pebble
+
+    @staticmethod
+    def _pebble_answers(p: Pebble) -> bool:
+        try:
+            return "BEGIN CERTIFICATE" in p.roots()
         except OSError:
             return False
 

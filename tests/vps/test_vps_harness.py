@@ -7,7 +7,8 @@ import json
 from tests.harness.vps import BASE
 
 
-def test_a_vps_is_a_fresh_debian_12_with_systemd_and_ssh(vps):
+def test_a_vps_is_a_fresh_debian_12_with_systemd_and_ssh(vps_cluster):
+    vps = vps_cluster.boot("bare")
     with vps.connection() as c:
         release = c.run("cat /etc/os-release", hide=True).stdout
         assert "VERSION_CODENAME=bookworm" in release
@@ -25,11 +26,12 @@ def test_a_vps_is_a_fresh_debian_12_with_systemd_and_ssh(vps):
     assert vps.daemon_json()["cgroup-parent"] == f"/docker/{vps.id}"
 
 
-def test_vps_on_one_network_reach_each_other_by_name(vps_cluster, vps):
+def test_vps_on_one_network_reach_each_other_by_name(vps_cluster):
+    vps = vps_cluster.boot("bare")
     other = vps_cluster.boot("peer")
     assert other.ip != vps.ip
     assert vps.exec("bash", "-c", "exec 3<>/dev/tcp/peer/22 && head -c 4 <&3").stdout == "SSH-"
-    assert other.exec("getent", "hosts", "server").stdout.split()[0] == vps.ip
+    assert other.exec("getent", "hosts", "bare").stdout.split()[0] == vps.ip
 
 
 def test_inner_containers_pull_from_the_registry_and_are_held_to_the_vps_512_mb(vps_cluster):

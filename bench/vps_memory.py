@@ -1,0 +1,363 @@
+"""Memory of a whole server, read inside it over SSH: its containers, its Docker daemons,
+its own memory cgroup and its OOM kills, at idle, under 100 users and at a deploy's peak.
+
+Usage:
+    python bench/vps_memory.py -H root@HOST[:PORT] [-i KEY] [--https HOST:PORT]
+        [--users 100] [--load-seconds 60] [--deploy-image REF] [--deploy-user ubuntu]
+        [--json FILE]
+
+What it reads, every sample (one shell script over one SSH connection; the server needs
+no Python):
+- each container: `docker stats` (charged memory minus inactive page cache, the figure
+  the OOM killer goes by);
+- dockerd, containerd, the containerd shims and docker-proxy: PSS from
+  /proc/PID/smaps_rollup (shared pages divided among those sharing them);
+- the machine: the memory cgroup that limits PID 1 (a VPS container's, or the root on a
+  real VM: then /proc/meminfo's MemTotal - MemAvailable), usage minus inactive file
+  pages, and its limit;
+- OOM kills: kernel `oom-kill:` lines whose victim was in that cgroup (dmesg).
+
+Phases: idle (the highest of 10 samples, 1 s apart); load: `--users` simulated users
+against https://eduaiia.com and https://staging.eduaiia.com through `--https` (each
+user: a page, then 0.5-1.5 s of think time, repeated for `--load-seconds`); deploy:
+`fab deploy --env production --image REF` with staging up, sampled every 0.5 s, its
+peak. Prints a table, then the figures as JSON. It never fails on a figure: it reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.memory import GUIDE_CONTAINERS, parse_stats_line  # noqa: E402
+
+MIB = 2**20
+DAEMONS = ("dockerd", "containerd", "containerd-shim", "docker-proxy")
+PROBE = r"""
+echo '## stats'; docker stats --no-stream --no-trunc --format '{{json .}}'
+echo '## daemons'
+for p in $(ls /proc | grep -E '^[0-9]+$'); do
+  c=$(cat /proc/$p/comm 2>/dev/null) || continue
+  case "$c" in dockerd|containerd|containerd-shim*|docker-proxy)
+    k=$(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup 2>/dev/null)
+    echo "$c ${k:-0}";;
+  esac
+done
+echo '## cgroup'
+p=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/1/cgroup)
+big=4611686018427387904
+while :; do
+  d=/sys/fs/cgroup/memory$p
+  if [ -r $d/memory.limit_in_bytes ] && [ "$(cat $d/memory.limit_in_bytes)" -lt $big ]; then
+    echo "path $p"; echo "limit $(cat $d/memory.limit_in_bytes)"
+    echo "usage $(cat $d/memory.usage_in_bytes)"
+    echo "inactive_file $(awk '$1=="total_inactive_file"{print $2}' $d/memory.stat)"; break
+  fi
+  d=/sys/fs/cgroup$p
+  if [ -r $d/memory.max ] && [ "$(cat $d/memory.max)" != max ]; then
+    echo "path $p"; echo "limit $(cat $d/memory.max)"; echo "usage $(cat $d/memory.current)"
+    echo "inactive_file $(awk '$1=="inactive_file"{print $2}' $d/memory.stat)"; break
+  fi
+  if [ -z "$p" ] || [ "$p" = / ]; then
+    echo "path /"
+    awk '/MemTotal/{t=$2} /MemAvailable/{a=$2}
+         END{print "limit " t*1024; print "usage " (t-a)*1024; print "inactive_file 0"}' \
+      /proc/meminfo
+    break
+  fi
+  p=$(dirname "$p")
+done
+echo '## oom'; dmesg 2>/dev/null | grep 'oom-kill:' || true
+"""
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    cur = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            cur = line[3:].strip()
+            out[cur] = []
+        elif cur is not None and line.strip():
+            out[cur].append(line)
+    return out
+
+
+@dataclass
+class Sample:
+    containers: dict[str, float]  # MiB
+    daemons: dict[str, tuple[int, float]]  # name -> (processes, PSS MiB)
+    machine_mb: float
+    limit_mb: float
+    oom_kills: int
+
+
+def parse_sample(text: str) -> Sample:
+    s = sections(text)
+    containers = {}
+    for line in s.get("stats", []):
+        name, used = parse_stats_line(line)
+        containers[name] = used / MIB
+    daemons: dict[str, tuple[int, float]] = {}
+    for line in s.get("daemons", []):
+        comm, kb = line.split()
+        name = "containerd-shim" if comm.startswith("containerd-shim") else comm
+        n, mb = daemons.get(name, (0, 0.0))
+        daemons[name] = (n + 1, mb + int(kb) / 1024)
+    cg = dict(line.split(" ", 1) for line in s.get("cgroup", []))
+    usage = int(cg.get("usage", "0")) - int(cg.get("inactive_file", "0") or 0)
+    path = cg.get("path", "/").strip()
+    marks = (f"task_memcg={path},", f"task_memcg={path}/") if path != "/" else ("oom-kill:",)
+    ooms = sum(1 for line in s.get("oom", []) if any(m in line for m in marks))
+    return Sample(containers, daemons, usage / MIB, int(cg.get("limit", "0")) / MIB, ooms)
+
+
+@dataclass
+class Peak:
+    containers: dict[str, float] = field(default_factory=dict)
+    daemons: dict[str, tuple[int, float]] = field(default_factory=dict)
+    machine_mb: float = 0.0
+    limit_mb: float = 0.0
+    oom_kills: int = 0
+    samples: int = 0
+
+    def add(self, s: Sample) -> None:
+        self.samples += 1
+        for k, v in s.containers.items():
+            self.containers[k] = max(self.containers.get(k, 0.0), v)
+        for k, (n, mb) in s.daemons.items():
+            old = self.daemons.get(k, (0, 0.0))
+            self.daemons[k] = (max(old[0], n), max(old[1], mb))
+        self.machine_mb = max(self.machine_mb, s.machine_mb)
+        self.limit_mb = s.limit_mb
+        self.oom_kills = max(self.oom_kills, s.oom_kills)
+
+
+class Server:
+    def __init__(self, host: str, key: str | None) -> None:
+        from fabric import Config, Connection
+
+        user, _, rest = host.rpartition("@")
+        name, _, port = rest.partition(":")
+        kwargs = (
+            {"key_filename": [key], "look_for_keys": False, "allow_agent": False} if key else {}
+        )
+        self.c = Connection(
+            name,
+            user=user or None,
+            port=int(port or 22),
+            connect_kwargs=kwargs,
+            config=Config(overrides={"run": {"in_stream": False}}),
+        )
+
+    def sample(self) -> Sample:
+        return parse_sample(self.c.run(PROBE, hide=True, warn=True).stdout)
+
+
+def sample_until(server: Server, stop: threading.Event, peak: Peak, interval: float) -> None:
+    while not stop.is_set():
+        try:
+            peak.add(server.sample())
+        except Exception as exc:  # noqa: BLE001 - a lost sample is reported, not fatal
+            print(f"sample failed: {exc}", file=sys.stderr)
+        stop.wait(interval)
+
+
+class _SNI(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        sock = socket.create_connection((self._addr, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def users(address: str, n: int, seconds: float, paths: list[tuple[str, str]]) -> Counter:
+    """n users, each: one request on its own connection, then 0.5-1.5 s of think time."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the figures are about memory; the test checks the chain
+    counts: Counter = Counter()
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def user(i: int) -> None:
+        rnd = random.Random(i)
+        time.sleep(rnd.uniform(0, 1.5))  # users arrive spread out, as they do
+        while time.monotonic() < end:
+            name, path = paths[rnd.randrange(len(paths))]
+            conn = _SNI(name, int(port), context=ctx, timeout=15)
+            conn._addr = host
+            try:
+                conn.request("GET", path, headers={"Host": name, "Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                key = resp.status
+            except OSError as exc:
+                key = type(exc).__name__
+            finally:
+                conn.close()
+            with lock:
+                counts[key] += 1
+            time.sleep(rnd.uniform(0.5, 1.5))
+
+    threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    return counts
+
+
+def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
+    names = [c for c in GUIDE_CONTAINERS]
+    for p in phases.values():
+        names += sorted(k for k in p.containers if k not in names)
+    cols = list(phases)
+    head = f"| {'MiB':<32} | " + " | ".join(f"{c:>12}" for c in cols) + " |"
+    rows = [head, "| " + "-" * 32 + " | " + " | ".join("-" * 11 + ":" for _ in cols) + " |"]
+
+    def row(label: str, values: list[str]) -> None:
+        rows.append(f"| {label:<32} | " + " | ".join(f"{v:>12}" for v in values) + " |")
+
+    for name in names:
+        if any(name in p.containers for p in phases.values()):
+            row(
+                name,
+                [
+                    f"{p.containers[name]:.1f}" if name in p.containers else "-"
+                    for p in phases.values()
+                ],
+            )
+    row("containers", [f"{sum(p.containers.values()):.1f}" for p in phases.values()])
+    for d in DAEMONS:
+        if any(d in p.daemons for p in phases.values()):
+            row(
+                f"{d} (processes)",
+                [
+                    f"{p.daemons[d][1]:.1f} ({p.daemons[d][0]})" if d in p.daemons else "-"
+                    for p in phases.values()
+                ],
+            )
+    row(
+        "daemons (PSS)", [f"{sum(mb for _, mb in p.daemons.values()):.1f}" for p in phases.values()]
+    )
+    row("**machine cgroup, all of it**", [f"**{p.machine_mb:.1f}**" for p in phases.values()])
+    row("limit", [f"{p.limit_mb:.0f}" for p in phases.values()])
+    row("OOM kills", [str(p.oom_kills) for p in phases.values()])
+    row("samples", [str(p.samples) for p in phases.values()])
+    lines = rows
+    if "idle" in phases:
+        idle = phases["idle"].machine_mb
+        lines.append(
+            f"idle {idle:.0f} MiB against the goal of {goal_idle:.0f}: "
+            + ("met" if idle <= goal_idle else f"not met, {idle - goal_idle:.0f} over")
+        )
+    top = max(p.machine_mb for p in phases.values())
+    lines.append(
+        f"highest {top:.0f} MiB against the goal of {goal_peak:.0f}: "
+        + ("met" if top <= goal_peak else f"not met, {top - goal_peak:.0f} over")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-H", dest="host", required=True, help="user@host[:port] of the server")
+    ap.add_argument("-i", dest="key", help="SSH private key")
+    ap.add_argument("--https", help="HOST:PORT that reaches the server's 443 (default: HOST:443)")
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--load-seconds", type=float, default=60)
+    ap.add_argument("--idle-samples", type=int, default=10)
+    ap.add_argument("--deploy-image", help="image for the deploy phase (skipped without it)")
+    ap.add_argument("--deploy-user", default="ubuntu")
+    ap.add_argument("--goal-idle-mb", type=float, default=350)
+    ap.add_argument("--goal-peak-mb", type=float, default=480)
+    ap.add_argument("--json", dest="json_file")
+    args = ap.parse_args(argv)
+    server = Server(args.host, args.key)
+    https = args.https or f"{args.host.rpartition('@')[2].partition(':')[0]}:443"
+    phases: dict[str, Peak] = {}
+    extra: dict[str, object] = {}
+
+    idle = Peak()
+    for _ in range(args.idle_samples):
+        idle.add(server.sample())
+        time.sleep(1)
+    phases["idle"] = idle
+
+    if args.users > 0 and args.load_seconds > 0:
+        load, stop = Peak(), threading.Event()
+        t = threading.Thread(target=sample_until, args=(server, stop, load, 1.0), daemon=True)
+        t.start()
+        paths = [
+            ("eduaiia.com", "/api/notes/"),
+            ("eduaiia.com", "/admin/login/"),
+            ("staging.eduaiia.com", "/api/notes/"),
+            ("eduaiia.com", "/health/"),
+        ]
+        counts = users(https, args.users, args.load_seconds, paths)
+        stop.set()
+        t.join(30)
+        phases[f"{args.users} users"] = load
+        extra["load_responses"] = {str(k): v for k, v in counts.items()}
+
+    if args.deploy_image:
+        user_host = f"{args.deploy_user}@{args.host.rpartition('@')[2]}"
+        fab = [str(ROOT / ".venv" / "bin" / "fab"), "-H", user_host]
+        if args.key:
+            fab += ["-i", args.key]
+        dep, stop = Peak(), threading.Event()
+        t = threading.Thread(target=sample_until, args=(server, stop, dep, 0.5), daemon=True)
+        t.start()
+        proc = subprocess.run(
+            [*fab, "deploy", "--env", "production", "--image", args.deploy_image],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=1800,
+        )
+        stop.set()
+        t.join(30)
+        phases["deploy peak"] = dep
+        extra["deploy_exit"] = proc.returncode
+        extra["deploy_tail"] = proc.stdout.strip().splitlines()[-1:] or proc.stderr[-300:]
+
+    print(table(phases, args.goal_idle_mb, args.goal_peak_mb))
+    for k, v in extra.items():
+        print(f"{k}: {v}")
+    doc = {
+        "phases": {
+            name: {
+                "containers_mib": p.containers,
+                "daemons": {k: {"processes": n, "pss_mib": mb} for k, (n, mb) in p.daemons.items()},
+                "machine_mib": p.machine_mb,
+                "limit_mib": p.limit_mb,
+                "oom_kills": p.oom_kills,
+                "samples": p.samples,
+            }
+            for name, p in phases.items()
+        },
+        **extra,
+    }
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if args.json_file:
+        Path(args.json_file).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""The server's scheduled jobs: one table, so another job is one more entry.
+
+Each job is a line of the deploy user's crontab ending in `# aiia:<id>`; setup keeps
+each exactly once (opskit.provision.state.merge_crontab). A job added here reaches
+every server at its next `fab setup`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opskit.provision.state import CronJob
+
+# (id, schedule, command builder from the production and staging checkout paths)
+JOBS: list[tuple[str, str, Callable[[str, str], list[str]]]] = [
+    # the operators' guide: 0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production
+    (
+        "backup-production",
+        "0 2 * * *",
+        lambda prod, stg: [f"{prod}/scripts/backup.sh", "production"],
+    ),
+    # staging's after production's, so the two never compete for the box's memory
+    ("backup-staging", "30 2 * * *", lambda prod, stg: [f"{stg}/scripts/backup.sh", "staging"]),
+    # twice a day, as certbot's own packaging schedules it (scripts/renew-certs.sh)
+    ("renew-certs", "17 3,15 * * *", lambda prod, stg: [f"{prod}/scripts/renew-certs.sh"]),
+]
+
+
+def cron_jobs(production: str, staging: str) -> list[CronJob]:
+    return [CronJob(job_id, when, build(production, staging)) for job_id, when, build in JOBS]

@@ -1,0 +1,270 @@
+"""fab setup's checks: parsers on output saved from a real VPS, plans as pure functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from opskit.provision import envfiles, state, steps
+from opskit.provision.cron import cron_jobs
+from opskit.remote import backup as backup_tasks
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "provision"
+PROD = "/home/ubuntu/main/ai-ia-backend"
+STAGING = "/home/ubuntu/staging/ai-ia-backend"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fixture(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+# ----------------------------------------------------------------------------- host
+
+
+def test_host_of_the_vps_reads_the_cgroup_limit_not_the_kernel_total():
+    host = state.parse_host(fixture("host-vps-debian12.txt"))
+    assert (host.os_id, host.os_version) == ("debian", "12")
+    # /proc/meminfo says the machine's 24 GB; the VPS's cgroup holds it to 512 MiB
+    assert host.ram_mb == 512
+    assert host.disk_free_gb > 1
+    assert host.arch == "x86_64"
+    assert state.refusal(host) is None
+    assert state.size_warnings(host) == []
+
+
+@pytest.mark.parametrize(
+    "release, refused",
+    [("os-release-ubuntu-24.04.txt", False), ("os-release-ubuntu-22.04.txt", True)],
+    ids=["ubuntu-24.04-accepted", "ubuntu-22.04-refused"],
+)
+def test_only_debian_12_and_ubuntu_24_04_are_accepted(release, refused):
+    os_id, version, name = state.parse_os_release(fixture(release))
+    host = state.Host(os_id, version, name, 2**30, 20 * 10**9, "x86_64")
+    reason = state.refusal(host)
+    if refused:
+        assert reason is not None
+        assert "Ubuntu 22.04.4 LTS is not supported" in reason
+        assert "Debian 12 or Ubuntu 24.04" in reason
+    else:
+        assert reason is None
+
+
+def test_a_small_server_is_warned_with_its_numbers():
+    host = state.Host("debian", "12", "Debian 12", 256 * 2**20, 4 * 10**9, "x86_64")
+    ram, disk = state.size_warnings(host)
+    assert "256 MB of RAM" in ram and "512 MB" in ram
+    assert "4.0 GB free" in disk and "10 GB" in disk
+
+
+def test_cgroup_limits_take_the_smallest_and_ignore_unlimited():
+    assert state.parse_cgroup_limit("9223372036854771712\n536870912\nmax\n") == 536870912
+    assert state.parse_cgroup_limit("max\n9223372036854771712\n") is None
+    assert state.parse_cgroup_limit("") is None
+
+
+def test_sections_split_a_probe_output():
+    text = "## a\none\ntwo\n## b\n\n## c\nthree"
+    assert state.sections(text) == {"a": "one\ntwo", "b": "", "c": "three"}
+    assert "echo '## os'; { cat /etc/os-release; } 2>&1; " in state.probe_script(
+        {"os": "cat /etc/os-release"}
+    )
+
+
+# ----------------------------------------------------------------------------- packages
+
+
+def test_installed_packages_from_dpkg_query():
+    installed = state.parse_dpkg_installed(fixture("dpkg-query.txt"))
+    assert state.missing_packages(steps.PACKAGES, installed) == []
+    partial = "git install ok installed\ndocker.io deinstall ok config-files\n"
+    assert state.missing_packages(
+        ["git", "docker.io", "cron"], state.parse_dpkg_installed(partial)
+    ) == [
+        "docker.io",
+        "cron",
+    ]
+
+
+def test_compose_version():
+    assert state.parse_compose_version(fixture("compose-version.txt")) == "2.40.3"
+    assert state.parse_compose_version("docker: 'compose' is not a docker command.") is None
+    assert state.parse_compose_version("docker-compose version 1.29.2, build unknown") is None
+
+
+# ----------------------------------------------------------------------------- daemon.json
+
+
+def test_daemon_json_merges_into_the_vendor_file_and_then_changes_nothing():
+    vendor = '{"cgroup-parent": "/docker/abc", "log-opts": {"labels": "x"}}'
+    merged, changed = state.merge_daemon_json(vendor)
+    assert merged["cgroup-parent"] == "/docker/abc"
+    assert merged["log-opts"] == {"labels": "x", "max-size": "10m", "max-file": "3"}
+    assert set(changed) == {"log-driver", "log-opts.max-size", "log-opts.max-file",
+                            "userland-proxy", "live-restore"}  # fmt: skip
+    assert state.merge_daemon_json(json.dumps(merged)) == (merged, [])
+    # the file as setup left it on the VPS
+    assert state.merge_daemon_json(fixture("daemon.json"))[1] == []
+
+
+def test_daemon_json_that_is_not_json_is_refused_not_replaced():
+    with pytest.raises(state.StateError, match="not valid JSON.*never replaces"):
+        state.merge_daemon_json("{nope")
+    assert state.merge_daemon_json("")[0]["live-restore"] is True
+
+
+# ----------------------------------------------------------------------------- keys, sshd
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0nQ9 operator@laptop"
+
+
+def test_authorized_keys_only_what_is_missing_once():
+    assert state.missing_keys("", [KEY, KEY]) == [KEY]
+    # the same key with another comment or options is the same key
+    assert state.missing_keys('from="10.0.0.1" ' + KEY.replace("operator@laptop", "x"), [KEY]) == []
+    with pytest.raises(state.StateError, match="not an SSH public key"):
+        state.missing_keys("", ["hello"])
+
+
+def test_sshd_effective_settings_from_sshd_T():
+    effective = state.parse_sshd_effective(fixture("sshd-T.txt"))
+    # sshd -T spells prohibit-password the old way
+    assert effective["permitrootlogin"] == "without-password"
+    assert state.sshd_differences(effective) == []
+    assert state.sshd_differences({"passwordauthentication": "yes"}) == [
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+    ]
+
+
+# ----------------------------------------------------------------------------- swap
+
+
+def test_swap_on_overlay_warns_and_changes_nothing():
+    swap = state.parse_swap({"swaps": "Filename Type Size Used Priority", "fstab": "",
+                             "rootfs": "overlay", "swappiness": "60", "sysctl": "no"})  # fmt: skip
+    changes, warnings = state.swap_plan(swap)
+    assert changes == []
+    assert "cannot be enabled" in warnings[0] and "overlay" in warnings[0]
+
+
+def test_swap_missing_on_ext4_is_made_and_an_active_one_is_completed():
+    bare = state.parse_swap({"swaps": "Filename", "fstab": "", "rootfs": "ext4",
+                             "swappiness": "60", "sysctl": "no"})  # fmt: skip
+    assert state.swap_plan(bare) == (["a 2 GB swap file at /swapfile, swappiness 10"], [])
+    active = state.parse_swap({"swaps": fixture("proc-swaps-active.txt"), "fstab": "",
+                               "rootfs": "ext4", "swappiness": "10", "sysctl": "yes"})  # fmt: skip
+    assert state.swap_plan(active) == (["add /swapfile to /etc/fstab"], [])
+    done = state.parse_swap({"swaps": fixture("proc-swaps-active.txt"),
+                             "fstab": "/swapfile none swap sw 0 0", "rootfs": "ext4",
+                             "swappiness": "10", "sysctl": "yes"})  # fmt: skip
+    assert state.swap_plan(done) == ([], [])
+
+
+# ----------------------------------------------------------------------------- firewall
+
+
+def test_firewall_is_a_table_of_our_own_with_default_deny_inbound():
+    rules = state.firewall_rules()
+    assert "policy drop" in rules and "tcp dport { 22, 80, 443 } accept" in rules
+    assert "ct state established,related accept" in rules
+    # never flushes the ruleset: Docker's iptables rules stay
+    assert "flush ruleset" not in rules
+    assert "hook forward" not in rules
+    assert steps.plan_firewall({}, steps.Options()).changes
+    same = {"rules": rules.rstrip("\n"), "unit": state.firewall_unit().rstrip("\n"),
+            "enabled": "enabled", "table": "present"}  # fmt: skip
+    assert steps.plan_firewall(same, steps.Options()).changes == []
+
+
+# ----------------------------------------------------------------------------- cron
+
+
+def test_cron_jobs_as_the_guide_writes_them_and_each_once():
+    jobs = cron_jobs(PROD, STAGING)
+    text, changed = state.merge_crontab("", jobs)
+    assert text == fixture("crontab-ubuntu.txt")
+    assert changed == ["backup-production", "backup-staging", "renew-certs"]
+    assert state.merge_crontab(text, jobs) == (text, [])
+
+
+def test_cron_replaces_the_line_install_cron_made_and_keeps_the_rest():
+    theirs = "MAILTO=ops@eduaiia.com\n5 * * * * /usr/bin/true\n"
+    current = theirs + backup_tasks.cron_line(PROD, "production") + "\n"
+    text, changed = state.merge_crontab(current, cron_jobs(PROD, STAGING))
+    assert text.startswith(theirs)
+    assert text.count("scripts/backup.sh production") == 1
+    assert "backup-production" in changed
+
+
+def test_cron_takes_another_job_as_data():
+    extra = state.CronJob("status", "* * * * *", [f"{PROD}/scripts/status.sh"])
+    text, changed = state.merge_crontab(
+        fixture("crontab-ubuntu.txt"), [*cron_jobs(PROD, STAGING), extra]
+    )
+    assert changed == ["status"]
+    assert text.endswith(f"* * * * * {PROD}/scripts/status.sh # aiia:status\n")
+
+
+# ----------------------------------------------------------------------------- compose
+
+
+def test_compose_ps_of_the_running_stack():
+    containers = state.parse_compose_ps(fixture("compose-ps.json"))
+    assert state.unhealthy(containers, steps.SERVICES) == []
+    assert state.unhealthy(containers[:2], steps.SERVICES)
+    assert state.parse_compose_ps("") == []
+
+
+# ----------------------------------------------------------------------------- env files
+
+
+def test_env_files_get_fresh_secrets_and_the_answers():
+    example = (ROOT / "config" / "prod.env.example").read_text()
+    from opskit.backup.age import X25519Identity
+
+    recipient = str(X25519Identity.generate().recipient)
+    answers = {"BACKUP_AGE_RECIPIENT": recipient, "LETSENCRYPT_EMAIL": "ops@example.org"}
+    text, made = envfiles.fill(example, answers)
+    assert "=CHANGE_ME" not in text
+    assert len(made) == 7 and len(set(made)) == 7
+    assert all(len(m) >= 50 for m in made)
+    assert "LETSENCRYPT_EMAIL=ops@example.org" in text
+    assert envfiles.problems(text, "production", "x/.env") == []
+
+
+def test_env_file_problems_are_all_listed():
+    example = (ROOT / "config" / "prod.env.example").read_text()
+    found = envfiles.problems(example, "production", "/srv/.env")
+    assert len(found) >= 6
+    assert all(p.startswith("/srv/.env") for p in found)
+    assert any("DJANGO_SECRET_KEY" in p for p in found)
+    assert any("BACKUP_AGE_RECIPIENT" in p for p in found)
+
+
+def test_answers_file_refuses_unknown_keys_and_the_age_recipient_is_asked_for():
+    assert envfiles.parse_answers("S3_BUCKET=b\n") == {"S3_BUCKET": "b"}
+    with pytest.raises(envfiles.AnswersError, match="DJANGO_SECRET_KEY"):
+        envfiles.parse_answers("DJANGO_SECRET_KEY=x\n")
+    example = (ROOT / "config" / "prod.env.example").read_text()
+    assert "age-keygen" in envfiles.missing_answers(example, {})[0]
+
+
+def test_existing_env_file_with_problems_stops_the_step_and_lists_them():
+    opts = steps.Options()
+    files = {"production": ("DJANGO_SECRET_KEY=short\n", "644"), "staging": (None, ""),
+             "link": ("", "")}  # fmt: skip
+    with pytest.raises(steps.SetupError) as err:
+        steps.plan_env_files(files, opts)
+    assert "never overwrites" in str(err.value)
+    assert f"{PROD}/.env: DJANGO_SECRET_KEY" in str(err.value)
+
+
+def test_checkouts_plan_clones_only_what_is_missing():
+    plan = steps.plan_checkouts({"production": "main", "staging": ""}, steps.Options())
+    assert plan.changes == [f"clone {STAGING} on staging"]
+    other = steps.plan_checkouts({"production": "feature", "staging": "staging"}, steps.Options())
+    assert other.changes == [] and "left as it is" in other.warnings[0]
