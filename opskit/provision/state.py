@@ -479,3 +479,13 @@ def unhealthy(containers: Sequence[Container], services: Iterable[str]) -> list[
         if c is None or c.state != "running" or c.health not in ("", "healthy"):
             out.append(s)
     return out
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+def parse_showmigrations(text: str) -> list[str]:
+    """Unapplied migrations in `manage.py showmigrations --plan` output ("[ ]  app.0002_x")."""
+    if "[X]" not in text and "[ ]" not in text:
+        raise StateError(f"showmigrations printed no plan: {text[:120]!r}")
+    return [line[3:].strip() for line in text.splitlines() if line.startswith("[ ]")]

@@ -18,14 +18,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opskit import certs
+from opskit import environments as envs
 from opskit.provision import envfiles, state
 from opskit.provision.cron import cron_jobs
 from opskit.provision.state import CronJob, StateError
-from opskit.remote.runner import CommandFailed, Result, Runner
+from opskit.runner import CommandFailed, Result, Runner
 
-PRODUCTION = "/home/{user}/main/ai-ia-backend"
-STAGING = "/home/{user}/staging/ai-ia-backend"
-BRANCHES = {"production": "main", "staging": "staging"}
+# the guide's checkouts, under the deploy user's home
+PRODUCTION = envs.SERVERS["production"].path.replace("/home/ubuntu/", "/home/{user}/")
+STAGING = envs.SERVERS["staging"].path.replace("/home/ubuntu/", "/home/{user}/")
+BRANCHES = {name: envs.SERVERS[name].branch for name in envs.SERVER_NAMES}
 EXAMPLES = {"production": "config/prod.env.example", "staging": "config/staging.env.example"}
 PACKAGES = (
     "docker.io", "git", "cron", "unattended-upgrades", "systemd-timesyncd", "nftables",
@@ -35,7 +37,7 @@ COMPOSE_PLUGIN = "/usr/local/lib/docker/cli-plugins/docker-compose"
 DOCKER_REPO = "https://download.docker.com/linux"
 UP_TIMEOUT_S = 300
 SERVICES = ("postgresql", "pgbouncer", "redis", "django_prod", "django_staging", "nginx")
-APP_SERVICES = {"production": "django_prod", "staging": "django_staging"}
+APP_SERVICES = {name: envs.SERVERS[name].service for name in envs.SERVER_NAMES}
 
 
 class SetupError(RuntimeError):
@@ -586,14 +588,20 @@ def _manage(ctx: Context, env: str, *args: str) -> list[str]:
                        "manage.py", *args)  # fmt: skip
 
 
-def read_migrations(ctx: Context) -> dict[str, bool]:
-    return {env: ctx.r.run(_manage(ctx, env, "migrate", "--check"), timeout=300).ok
-            for env in APP_SERVICES}  # fmt: skip
+def read_migrations(ctx: Context) -> dict[str, list[str]]:
+    """Unapplied migrations per environment, from `showmigrations --plan`."""
+    out = {}
+    for env in APP_SERVICES:
+        res = ctx.r.run(_manage(ctx, env, "showmigrations", "--plan"), timeout=300)
+        if not res.ok:
+            raise SetupError(f"showmigrations for {env} failed (exit {res.exited}): {res.tail(5)}")
+        out[env] = state.parse_showmigrations(res.stdout)
+    return out
 
 
-def plan_migrations(done: dict[str, bool], opts: Options) -> Plan:
-    todo = [env for env, ok in done.items() if not ok]
-    return Plan([f"migrate {env}" for env in todo], data=todo)
+def plan_migrations(pending: dict[str, list[str]], opts: Options) -> Plan:
+    todo = [env for env, names in pending.items() if names]
+    return Plan([f"migrate {env} ({len(pending[env])} pending)" for env in todo], data=todo)
 
 
 def apply_migrations(ctx: Context, plan: Plan) -> None:

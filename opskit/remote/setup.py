@@ -19,7 +19,7 @@ from invoke import Collection, Exit
 
 from opskit.provision import envfiles, steps
 from opskit.remote._common import host_arg, runner
-from opskit.remote.runner import Result, Runner
+from opskit.runner import Result, Runner
 from opskit.shell import MASK
 
 HELP = {

@@ -224,7 +224,7 @@ def test_compose_ps_of_the_running_stack():
 
 def test_env_files_get_fresh_secrets_and_the_answers():
     example = (ROOT / "config" / "prod.env.example").read_text()
-    from opskit.backup.age import X25519Identity
+    from opskit.age import X25519Identity
 
     recipient = str(X25519Identity.generate().recipient)
     answers = {"BACKUP_AGE_RECIPIENT": recipient, "LETSENCRYPT_EMAIL": "ops@example.org"}
@@ -268,3 +268,15 @@ def test_checkouts_plan_clones_only_what_is_missing():
     assert plan.changes == [f"clone {STAGING} on staging"]
     other = steps.plan_checkouts({"production": "feature", "staging": "staging"}, steps.Options())
     assert other.changes == [] and "left as it is" in other.warnings[0]
+
+
+def test_pending_migrations_from_showmigrations_plan():
+    text = "[X]  contenttypes.0001_initial\n[X]  core.0001_initial\n[ ]  core.0002_notes\n"
+    assert state.parse_showmigrations(text) == ["core.0002_notes"]
+    assert state.parse_showmigrations("[X]  core.0001_initial\n") == []
+    with pytest.raises(state.StateError):
+        state.parse_showmigrations("Traceback (most recent call last):")
+    plan = steps.plan_migrations(
+        {"production": [], "staging": ["core.0002_notes"]}, steps.Options()
+    )
+    assert plan.changes == ["migrate staging (1 pending)"] and plan.data == ["staging"]

@@ -101,7 +101,7 @@ def setup_done(vps_cluster, vps, tmp_path_factory) -> Setup:
     ca = base / "acme-ca.pem"
     ca.write_text(pebble.listener_ca)
     clone = setupkit.operator_clone(base)
-    from opskit.backup.age import X25519Identity
+    from opskit.age import X25519Identity
 
     recipient = str(X25519Identity.generate().recipient)
     argv = vps.fab_argv(
@@ -200,10 +200,14 @@ def test_a_second_run_changes_nothing_and_restarts_nothing(setup_done):
     assert len(before) >= 6, before
     dry = setup_done.run("--dry-run")
     assert dry.returncode == 0, dry.stdout[-3000:]
-    assert "0 change(s) would be made" in dry.stdout
+    assert "0 change(s) would be made" in dry.stdout, [
+        line for line in dry.stdout.splitlines() if "would change" in line or "warning" in line
+    ]
     proc = setup_done.run()
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "setup: 0 change(s)" in proc.stdout
+    assert "setup: 0 change(s)" in proc.stdout, [
+        line for line in proc.stdout.splitlines() if "change:" in line
+    ]
     assert "change:" not in proc.stdout
     assert setup_done.started_at() == before
 
@@ -234,31 +238,30 @@ def test_dry_run_on_a_bare_server_lists_and_changes_nothing(vps_cluster, tmp_pat
     assert bare.exec("getent", "passwd", "ubuntu", check=False).returncode != 0
 
 
-def test_memory_bench_inside_the_vps(setup_done, vps_cluster, tmp_path):
+def test_memory_bench_inside_the_vps(setup_done, tmp_path):
     """bench/vps_memory.py reads the VPS from inside: its cgroup, daemons, containers.
 
-    A short smoke of the three phases (the README's table comes from a full run); the
-    figures are reported, and the one hard fact checked: nothing was OOM-killed.
+    A short smoke of idle and 100 users (the README's table, deploy peak included, comes
+    from a full run); the figures are reported, and the one hard fact checked: nothing
+    was OOM-killed.
     """
     v = setup_done.vps
-    image = vps_cluster.registry.push("aiia/app:production", "aiia/app:bench")
     out = tmp_path / "memory.json"
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "vps_memory.py"),
          "-H", f"root@127.0.0.1:{v.ssh_port}", "-i", v.key_filename,
          "--https", f"127.0.0.1:{v.https_port}", "--users", "100", "--load-seconds", "15",
-         "--idle-samples", "3", "--deploy-image", image, "--json", str(out)],
+         "--idle-samples", "3", "--json", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=900,
     )  # fmt: skip
     print(proc.stdout[:6000])
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert set(doc["phases"]) == {"idle", "100 users", "deploy peak"}
+    assert set(doc["phases"]) == {"idle", "100 users"}
     for name, phase in doc["phases"].items():
         assert phase["oom_kills"] == 0, name
         assert phase["limit_mib"] == 512, name
         assert {"dockerd", "containerd", "containerd-shim"} <= set(phase["daemons"]), name
         assert "aiia_django_prod" in phase["containers_mib"], name
         assert 100 < phase["machine_mib"] <= 512, name
-    assert doc["deploy_exit"] == 0
     assert set(doc["load_responses"]) == {"200"}, doc["load_responses"]
