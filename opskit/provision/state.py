@@ -470,6 +470,11 @@ def parse_compose_ps(text: str) -> list[Container]:
     return [Container(r.get("Service", ""), r.get("State", ""), r.get("Health", "")) for r in rows]
 
 
+def not_running(containers: Sequence[Container], services: Iterable[str]) -> list[str]:
+    by = {c.service: c for c in containers}
+    return [s for s in services if s not in by or by[s].state != "running"]
+
+
 def unhealthy(containers: Sequence[Container], services: Iterable[str]) -> list[str]:
     """Services that are not running and healthy (a service without a check: running)."""
     by = {c.service: c for c in containers}

@@ -568,8 +568,12 @@ def read_stack(ctx: Context) -> list[state.Container]:
 
 
 def plan_stack(containers: list[state.Container], opts: Options) -> Plan:
-    down = state.unhealthy(containers, SERVICES)
-    return Plan([f"docker compose up -d --wait ({', '.join(down)})"] if down else [])
+    down = state.not_running(containers, SERVICES)
+    sick = [s for s in state.unhealthy(containers, SERVICES) if s not in down]
+    # `up` starts what is not running; a running container that is not (yet) healthy is
+    # reported, not restarted: another `up` would not make it healthy
+    warnings = [f"{', '.join(sick)} running but not healthy (docker compose ps)"] if sick else []
+    return Plan([f"docker compose up -d --wait ({', '.join(down)})"] if down else [], warnings)
 
 
 def apply_stack(ctx: Context, plan: Plan) -> None:

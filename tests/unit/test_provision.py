@@ -216,6 +216,11 @@ def test_compose_ps_of_the_running_stack():
     containers = state.parse_compose_ps(fixture("compose-ps.json"))
     assert state.unhealthy(containers, steps.SERVICES) == []
     assert state.unhealthy(containers[:2], steps.SERVICES)
+    assert steps.plan_stack(containers, steps.Options()).changes == []
+    sick = [state.Container(c.service, c.state, "starting") for c in containers]
+    plan = steps.plan_stack(sick, steps.Options())
+    assert plan.changes == [] and "not healthy" in plan.warnings[0]
+    assert steps.plan_stack(containers[:5], steps.Options()).changes
     assert state.parse_compose_ps("") == []
 
 
