@@ -80,7 +80,9 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
         ("migrate", "ok"), ("release", "ok"), ("switch", "ok"), ("unlock", "ok"),
     ]  # fmt: skip
     assert load.failures == [], load.failures[:10]
-    assert load.per_second >= 20, load.summary()
+    # the loop really ran through the switch (a count, not a rate: a busy machine answers
+    # slower and that is not the deploy's doing)
+    assert len(load.results) >= 100, load.summary()
     assert load.versions() == ["v1", "v2"]
     assert server.version("production") == "v2"
     # the release took the guide's name; the old container is gone, nothing else is left
