@@ -19,13 +19,20 @@ from opskit.runner import CommandFailed, Runner
 from opskit.units import size_mb
 
 
-def predeploy_backup(runner: Runner, env: cmd.Environment, settings=None) -> str:
+def predeploy_backup(
+    runner: Runner, env: cmd.Environment, settings=None, *, media: bool = True
+) -> str:
     """The pre-deploy backup: the server's scripts/backup.sh; returns the new set's path.
 
     The one backup path of a deploy, whether it is driven by `fab deploy` over SSH or by
-    scripts/deploy.sh on the server (the same script cron runs).
+    scripts/deploy.sh on the server (the same script cron runs). `media=False` leaves the
+    uploads out: backup.sh finds them through the container named aiia_django_<env>, which
+    a swarm's database node does not run (its uploads live on the web nodes).
     """
-    result = runner.check(backup_script(env.path, env.name), what="pre-deploy backup")
+    argv = backup_script(env.path, env.name)
+    if not media:
+        argv = ["env", "MEDIA_VOLUME=none", *argv]
+    result = runner.check(argv, what="pre-deploy backup")
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if not lines:
         raise DeployError("pre-deploy backup failed: scripts/backup.sh printed no set path")

@@ -6,6 +6,8 @@ and the env files. Other nodes are reached over SSH only to join them.
 
 from __future__ import annotations
 
+import functools
+
 from fabric import Connection, task
 from invoke import Collection, Exit
 
@@ -134,8 +136,10 @@ def cluster_up(
 
 
 def _deploy(c, plan: cluster.Plan) -> None:
-    # the one pre-deploy backup path: the server's scripts/backup.sh
-    outcome = cluster.Deployer(runner(c), plan, backup=predeploy_backup).run()
+    # the one pre-deploy backup path: the server's scripts/backup.sh, on the database node,
+    # which runs no Django container to find the uploads through
+    backup = functools.partial(predeploy_backup, media=False)
+    outcome = cluster.Deployer(runner(c), plan, backup=backup).run()
     if not outcome.ok:
         raise Exit(code=outcome.exit_code)
 
