@@ -87,6 +87,26 @@ step_packages() {
 
 docker_ready() { docker info >/dev/null 2>&1; }
 
+DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
+NETWORK_STORE=${DOCKERD_NETWORK_STORE:-/var/lib/docker/network/files/local-kv.db}
+
+# Start dockerd in the background; succeed once it answers, fail as soon as it dies.
+# Keeps the log's size before the start in $DOCKERD_FROM, so its own lines can be read back.
+start_dockerd() {
+  local from pid
+  as_root mkdir -p "$(dirname "$DOCKERD_LOG")"
+  from=$(as_root sh -c "stat -c %s '$DOCKERD_LOG' 2>/dev/null || echo 0")
+  echo "$from" >"$DOCKERD_FROM"
+  # containerd and dockerd both come from docker.io; dockerd starts containerd itself
+  pid=$(as_root sh -c "nohup dockerd >>'$DOCKERD_LOG' 2>&1 & echo \$!")
+  for _ in $(seq 1 60); do
+    docker_ready && return 0
+    as_root kill -0 "$pid" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+
 step_docker() {
   command -v dockerd >/dev/null 2>&1 || apt_install docker.io
   command -v docker >/dev/null 2>&1 || apt_install docker.io
@@ -94,15 +114,26 @@ step_docker() {
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     as_root systemctl start docker || true
   fi
-  if ! docker_ready; then
-    say "starting dockerd in the background (log: /var/log/dockerd.log)"
-    as_root mkdir -p /var/log
-    # containerd and dockerd both come from docker.io; dockerd starts containerd itself
-    as_root sh -c 'nohup dockerd >>/var/log/dockerd.log 2>&1 &'
+  docker_ready && return 0
+  say "starting dockerd in the background (log: $DOCKERD_LOG)"
+  DOCKERD_FROM=$(mktemp)
+  trap 'rm -f "$DOCKERD_FROM"' RETURN
+  start_dockerd && return 0
+  # An engine stopped uncleanly while it changed a network can leave a network with no
+  # address pool in its store; dockerd 20.10 then panics in reservePools at every start.
+  # The store holds only network definitions: move it aside (kept) and start afresh.
+  if as_root tail -c +"$(( $(cat "$DOCKERD_FROM") + 1 ))" "$DOCKERD_LOG" \
+      | grep -q 'libnetwork.*reservePools'; then
+    local kept
+    kept="$NETWORK_STORE.damaged-$(date -u +%Y%m%dT%H%M%SZ)"
+    say "dockerd panicked reading its network store (a network without an address pool,"
+    say "left by an unclean stop); moving it to $kept and starting again."
+    say "Networks are recreated by 'docker compose up'; images, volumes and containers are kept."
+    as_root mv "$NETWORK_STORE" "$kept"
+    start_dockerd && return 0
   fi
-  for _ in $(seq 1 60); do docker_ready && return 0; sleep 1; done
-  tail -20 /var/log/dockerd.log >&2 || true
-  die "the Docker engine did not answer 'docker info' within 60s (see /var/log/dockerd.log)"
+  as_root tail -c +"$(( $(cat "$DOCKERD_FROM") + 1 ))" "$DOCKERD_LOG" | grep -v '^\s' | tail -20 >&2 || true
+  die "the Docker engine did not start (see $DOCKERD_LOG); fix what it says above, then run: scripts/ensure.sh docker"
 }
 
 step_compose() {
