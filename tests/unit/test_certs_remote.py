@@ -85,6 +85,19 @@ def s_client(cert_pem: str) -> str:
 
 OLD = pem(60.5, 0xA1)
 NEW = pem(89.9, 0xB2)
+DUE_ONLY = RENEW + " --no-random-sleep-on-renew"
+FORCED = RENEW + " --force-renewal --no-random-sleep-on-renew"
+RELOADED = [(NGINX_T, "", 0), (RELOAD, "", 0)]  # nginx -t first, then the reload
+
+
+def renewal(before: str, certbot: str, after: str, *, force: bool = False) -> list:
+    """What renew-certs sends first: read the certificate, certbot renew, read it again."""
+    return [(READ, before, 0), (FORCED if force else DUE_ONLY, certbot, 0), (READ, after, 0)]
+
+
+def serving(*certs: str) -> list:
+    """One handshake a certificate: what nginx serves at each look."""
+    return [(SERVED, s_client(cert), 0) for cert in certs]
 
 
 def test_fab_lists_the_certificate_tasks_with_their_options():
@@ -165,12 +178,7 @@ def test_cert_status_when_nginx_does_not_answer(capsys):
 def test_renew_not_due_changes_nothing_and_does_not_reload(capsys):
     run_task(
         remote_certs.renew_certs,
-        [
-            (READ, OLD, 0),
-            (RENEW + " --no-random-sleep-on-renew", NOT_DUE, 0),
-            (READ, OLD, 0),
-            (SERVED, s_client(OLD), 0),
-        ],
+        [*renewal(OLD, NOT_DUE, OLD), *serving(OLD)],
     )
     out = capsys.readouterr().out
     assert "before: serial a1" in out
@@ -184,14 +192,11 @@ def test_forced_renewal_reloads_nginx_and_checks_it_serves_the_new_one(capsys):
     run_task(
         remote_certs.renew_certs,
         [
-            (READ, OLD, 0),
-            (RENEW + " --force-renewal --no-random-sleep-on-renew", RENEWED, 0),
-            (READ, NEW, 0),
+            *renewal(OLD, RENEWED, NEW, force=True),
             # certbot's deploy hook reloaded already; one more graceful reload is harmless
-            (SERVED, s_client(NEW), 0),
-            (NGINX_T, "", 0),
-            (RELOAD, "", 0),
-            (SERVED, s_client(NEW), 0),
+            *serving(NEW),
+            *RELOADED,
+            *serving(NEW),
         ],
         force=True,
     )
@@ -204,16 +209,7 @@ def test_forced_renewal_reloads_nginx_and_checks_it_serves_the_new_one(capsys):
 def test_not_due_but_nginx_serving_an_old_one_is_reloaded(capsys):
     run_task(
         remote_certs.renew_certs,
-        [
-            (READ, NEW, 0),
-            (RENEW + " --no-random-sleep-on-renew", NOT_DUE, 0),
-            (READ, NEW, 0),
-            (SERVED, s_client(OLD), 0),
-            (NGINX_T, "", 0),
-            (RELOAD, "", 0),
-            (SERVED, s_client(OLD), 0),
-            (SERVED, s_client(NEW), 0),
-        ],
+        [*renewal(NEW, NOT_DUE, NEW), *serving(OLD), *RELOADED, *serving(OLD, NEW)],
     )
     assert "not renewed (not due); nginx reloaded, now serving it" in capsys.readouterr().out
 
@@ -224,16 +220,7 @@ def test_reload_that_never_takes_effect_fails(monkeypatch):
     with pytest.raises(Exit) as exc:
         run_task(
             remote_certs.renew_certs,
-            [
-                (READ, OLD, 0),
-                (RENEW + " --force-renewal --no-random-sleep-on-renew", RENEWED, 0),
-                (READ, NEW, 0),
-                (SERVED, s_client(OLD), 0),
-                (NGINX_T, "", 0),
-                (RELOAD, "", 0),
-                (SERVED, s_client(OLD), 0),
-                (SERVED, s_client(OLD), 0),
-            ],
+            [*renewal(OLD, RENEWED, NEW, force=True), *serving(OLD), *RELOADED, *serving(OLD, OLD)],
             force=True,
         )
     assert exc.value.code == 1
@@ -245,10 +232,8 @@ def test_broken_nginx_config_is_not_reloaded():
         run_task(
             remote_certs.renew_certs,
             [
-                (READ, OLD, 0),
-                (RENEW + " --force-renewal --no-random-sleep-on-renew", RENEWED, 0),
-                (READ, NEW, 0),
-                (SERVED, s_client(OLD), 0),
+                *renewal(OLD, RENEWED, NEW, force=True),
+                *serving(OLD),
                 (NGINX_T, 'nginx: [emerg] unknown directive "sever"', 1),
             ],
             force=True,
@@ -264,7 +249,7 @@ def test_failed_certbot_says_what_is_in_service_and_where_the_log_is(capsys):
     with pytest.raises(Exit) as exc:
         run_task(
             remote_certs.renew_certs,
-            [(READ, OLD, 0), (RENEW + " --force-renewal --no-random-sleep-on-renew", failure, 1)],
+            [(READ, OLD, 0), (FORCED, failure, 1)],
             force=True,
         )
     message = str(exc.value)
@@ -303,7 +288,7 @@ def test_certbot_killed_by_the_memory_limit_is_named():
     with pytest.raises(Exit) as exc:
         run_task(
             remote_certs.renew_certs,
-            [(READ, OLD, 0), (RENEW + " --no-random-sleep-on-renew", "", 137)],
+            [(READ, OLD, 0), (DUE_ONLY, "", 137)],
         )
     assert "certbot was killed (exit 137), most likely by aiia_nginx's memory limit" in str(
         exc.value
