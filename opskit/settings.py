@@ -221,6 +221,17 @@ BACKUP = _readers("backup")
 TASKS = _readers("tasks")
 
 
+def _production_secret(name: str, *readers: str) -> Key:
+    """A secret production must set; staging and local may leave it empty."""
+    return Key(
+        name,
+        required=frozenset({"production"}),
+        secret=True,
+        default="",
+        readers=_readers(*readers),
+    )
+
+
 SCHEMA: tuple[Key, ...] = (
     Key(
         "ENVIRONMENT",
@@ -264,35 +275,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("APP_PORT", _port, default="8000", readers=_readers("django", "deploy")),
     Key("DJANGO_STATIC_ROOT", _text, default="", readers=DJANGO),
     Key("DJANGO_MEDIA_ROOT", _text, default="", readers=DJANGO),
-    Key(
-        "POSTGRES_SUPERUSER_PASSWORD",
-        required=frozenset({"production"}),
-        secret=True,
-        default="",
-        readers=_readers("postgresql", "tasks"),
-    ),
-    Key(
-        "PGBOUNCER_AUTH_PASSWORD",
-        required=frozenset({"production"}),
-        secret=True,
-        default="",
-        readers=_readers("postgresql", "pgbouncer"),
-    ),
-    Key(
-        "REDIS_ADMIN_PASSWORD",
-        required=frozenset({"production"}),
-        secret=True,
-        default="",
-        readers=_readers("redis", "tasks"),
-    ),
+    _production_secret("POSTGRES_SUPERUSER_PASSWORD", "postgresql", "tasks"),
+    _production_secret("PGBOUNCER_AUTH_PASSWORD", "postgresql", "pgbouncer"),
+    _production_secret("REDIS_ADMIN_PASSWORD", "redis", "tasks"),
     Key("STATUS_USER", _text, default="ops", readers=_readers("nginx")),
-    Key(
-        "STATUS_PASSWORD",
-        required=frozenset({"production"}),
-        secret=True,
-        default="",
-        readers=_readers("nginx"),
-    ),
+    _production_secret("STATUS_PASSWORD", "nginx"),
     Key("LETSENCRYPT_EMAIL", _text, default="", readers=TASKS),
     Key("BACKUP_DIR", _text, default="backups", readers=BACKUP),
     Key("BACKUP_KEEP", _int(1, 365), default="3", readers=BACKUP),

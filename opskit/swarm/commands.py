@@ -193,6 +193,16 @@ def pull(image: str) -> list[str]:
 # --- parsers -------------------------------------------------------------------------
 
 
+def _json_lines(text: str) -> list[dict]:
+    """`--format '{{json .}}'` output: one JSON object a line."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _fields(row: dict, keys: dict[str, str]) -> dict[str, str]:
+    """field -> the value of its docker key in `row` ("" where docker left it out)."""
+    return {field: row.get(key, "") for field, key in keys.items()}
+
+
 @dataclass(frozen=True)
 class Node:
     id: str
@@ -203,23 +213,18 @@ class Node:
     self: bool
 
 
+# Node's text fields and the keys of `docker node ls --format '{{json .}}'` they come from
+NODE_KEYS = {
+    "id": "ID",
+    "hostname": "Hostname",
+    "status": "Status",
+    "availability": "Availability",
+    "manager": "ManagerStatus",
+}
+
+
 def parse_nodes(text: str) -> list[Node]:
-    out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        d = json.loads(line)
-        out.append(
-            Node(
-                id=d.get("ID", ""),
-                hostname=d.get("Hostname", ""),
-                status=d.get("Status", ""),
-                availability=d.get("Availability", ""),
-                manager=d.get("ManagerStatus", ""),
-                self=bool(d.get("Self")),
-            )
-        )
-    return out
+    return [Node(**_fields(d, NODE_KEYS), self=bool(d.get("Self"))) for d in _json_lines(text)]
 
 
 def parse_roles(text: str) -> dict[str, str]:
@@ -250,23 +255,19 @@ class Task:
         return self.current.startswith("Running")
 
 
+# Task's fields and the keys of `docker stack ps` or `docker service ps` JSON they come from
+TASK_KEYS = {
+    "name": "Name",
+    "image": "Image",
+    "node": "Node",
+    "desired": "DesiredState",
+    "current": "CurrentState",
+    "error": "Error",
+}
+
+
 def parse_tasks(text: str) -> list[Task]:
-    out = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        d = json.loads(line)
-        out.append(
-            Task(
-                name=d.get("Name", ""),
-                image=d.get("Image", ""),
-                node=d.get("Node", ""),
-                desired=d.get("DesiredState", ""),
-                current=d.get("CurrentState", ""),
-                error=d.get("Error", ""),
-            )
-        )
-    return out
+    return [Task(**_fields(d, TASK_KEYS)) for d in _json_lines(text)]
 
 
 def tasks_per_node(tasks: list[Task]) -> dict[str, list[Task]]:
