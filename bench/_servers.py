@@ -25,20 +25,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.core import ROOT, PrerequisiteError, Service, require_binary
+from tests.harness.core import ROOT, PrerequisiteError, Service
 from tests.harness.django_app import APP, DjangoApp, app_env, manage
 from tests.harness.native import (
     NginxServer,
-    _world_tmpdir,
     create_app_databases,
-    make_nginx,
     running_pgbouncer,
     running_postgres,
     running_redis,
 )
+from tests.harness.native import running_nginx as harness_nginx
 
 SITE = "eduaiia.com"
 # what initdb copies into a new cluster: every setting commented out, so all defaults
@@ -100,7 +99,23 @@ def seed(env: dict, notes: int) -> None:
     manage(env, "shell", "--no-imports", "-c", code)
 
 
-def _prepared_app(env: dict, workdir: Path, notes: int, gunicorn_args=None) -> tuple:
+@contextmanager
+def _prepared_app(
+    workdir: Path,
+    notes: int,
+    *,
+    front,
+    database,
+    redis_server,
+    extra_env: dict | None = None,
+    gunicorn_args=None,
+) -> Iterator[tuple[DjangoApp, tuple[str, str]]]:
+    """Production's app connecting to `front` (PgBouncer, or PostgreSQL itself for the
+    baseline): migrated, an admin, `notes` notes; gunicorn runs while the block does."""
+    env = app_env(
+        "production", workdir=workdir, pgbouncer=front, database=database, redis_server=redis_server
+    )
+    env.update(extra_env or {})
     manage(env, "migrate", "--noinput")
     username, password = f"bench-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
     # the password travels in the environment, never in argv
@@ -117,7 +132,8 @@ def _prepared_app(env: dict, workdir: Path, notes: int, gunicorn_args=None) -> t
     app = DjangoApp(env, workdir)
     if gunicorn_args is not None:
         app.gunicorn_args = gunicorn_args
-    return app.start(), (username, password)
+    with app:
+        yield app, (username, password)
 
 
 @contextmanager
@@ -125,25 +141,20 @@ def tuned_backend(workdir: Path, *, notes: int = 50) -> Iterator[Backend]:
     """Production's app and data layer with the project's config files."""
     with running_postgres() as pg:
         databases = create_app_databases(pg)
-        with running_pgbouncer(pg) as bouncer, running_redis() as redis:
-            env = app_env(
-                "production",
-                workdir=workdir,
-                pgbouncer=bouncer,
-                database=databases["production"],
-                redis_server=redis,
-            )
-            app, login = _prepared_app(env, workdir, notes)
-            try:
-                services = {
-                    "postgresql": pg.service,
-                    "pgbouncer": bouncer.service,
-                    "redis": redis.service,
-                    "gunicorn": app.service,
-                }
-                yield Backend("tuned", app, services, login)
-            finally:
-                app.stop()
+        with (
+            running_pgbouncer(pg) as bouncer,
+            running_redis() as redis,
+            _prepared_app(
+                workdir, notes, front=bouncer, database=databases["production"], redis_server=redis
+            ) as (app, login),
+        ):
+            services = {
+                "postgresql": pg.service,
+                "pgbouncer": bouncer.service,
+                "redis": redis.service,
+                "gunicorn": app.service,
+            }
+            yield Backend("tuned", app, services, login)
 
 
 @contextmanager
@@ -155,28 +166,28 @@ def stock_backend(workdir: Path, *, notes: int = 50) -> Iterator[Backend]:
         redis_conf = stock_redis_conf(confs / "redis")
         with running_postgres(pg_conf) as pg, running_redis(redis_conf) as redis:
             databases = create_app_databases(pg)
-            # app_env's `pgbouncer` is only where the app connects: here PostgreSQL itself
-            env = app_env(
-                "production",
-                workdir=workdir,
-                pgbouncer=pg,
-                database=databases["production"],
-                redis_server=redis,
-            )
             settings_dir = workdir / "settings"
             settings_dir.mkdir()
             (settings_dir / "bench_stock_settings.py").write_text(STOCK_SETTINGS)
-            env.update(PYTHONPATH=str(settings_dir), DJANGO_SETTINGS_MODULE="bench_stock_settings")
-            app, login = _prepared_app(env, workdir, notes, gunicorn_args=STOCK_GUNICORN)
-            try:
+            # the app connects to PostgreSQL itself (app_env's `pgbouncer` is only where)
+            with _prepared_app(
+                workdir,
+                notes,
+                front=pg,
+                database=databases["production"],
+                redis_server=redis,
+                extra_env={
+                    "PYTHONPATH": str(settings_dir),
+                    "DJANGO_SETTINGS_MODULE": "bench_stock_settings",
+                },
+                gunicorn_args=STOCK_GUNICORN,
+            ) as (app, login):
                 services = {
                     "postgresql": pg.service,
                     "redis": redis.service,
                     "gunicorn": app.service,
                 }
                 yield Backend("stock", app, services, login)
-            finally:
-                app.stop()
     finally:
         shutil.rmtree(confs, ignore_errors=True)
 
@@ -200,20 +211,12 @@ class UnlimitedNginx(NginxServer):
 @contextmanager
 def running_nginx(upstream: str, *, limits: bool = True) -> Iterator[NginxServer]:
     """nginx from nginx/templates in front of `upstream` (both sites), on loopback."""
-    require_binary("nginx", "packages")
-    require_binary("envsubst", "packages")
-    root = _world_tmpdir("bench-nginx")
-    try:
-        server = make_nginx(root, {"prod": upstream, "staging": upstream})
-        if not limits:
-            server = UnlimitedNginx(**{f.name: getattr(server, f.name) for f in fields(server)})
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with harness_nginx(
+        {"prod": upstream, "staging": upstream},
+        prefix="bench-nginx",
+        cls=NginxServer if limits else UnlimitedNginx,
+    ) as server:
+        yield server
 
 
 @dataclass

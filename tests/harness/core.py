@@ -112,6 +112,19 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
+class Started:
+    """`with server:` starts a server and stops it on the way out, whatever happened inside.
+
+    For the harness's server classes, which have start() (returning the server) and stop().
+    """
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 class Service:
     """A server process run in the foreground, its output kept in a log file."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 from dotenv import dotenv_values
 
-from tests.harness.core import ROOT, PrerequisiteError, Service, free_port, wait_until
+from tests.harness.core import ROOT, PrerequisiteError, Service, Started, free_port, wait_until
 
 APP = ROOT / "app"
 EXAMPLES = {"production": "prod.env.example", "staging": "staging.env.example"}
@@ -86,8 +86,8 @@ def manage(env: dict, *args: str, check: bool = True, **kwargs) -> subprocess.Co
 
 
 @dataclass
-class DjangoApp:
-    """gunicorn with app/gunicorn.conf.py on a loopback port."""
+class DjangoApp(Started):
+    """gunicorn with app/gunicorn.conf.py on a loopback port (`with app:` runs it)."""
 
     env: dict
     workdir: Path

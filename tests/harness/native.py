@@ -26,6 +26,7 @@ from tests.harness.core import (
     ROOT,
     PrerequisiteError,
     Service,
+    Started,
     ensure,
     free_port,
     port_open,
@@ -629,7 +630,7 @@ NGINX_SITE_NAMES = ("eduaiia.com", "www.eduaiia.com", "staging.eduaiia.com",
 
 
 @dataclass
-class NginxServer:
+class NginxServer(Started):
     """nginx with the templates of nginx/ rendered by nginx/render.sh for loopback.
 
     Master as root, workers as www-data, exactly as in the image; only the values of
@@ -722,11 +723,14 @@ class NginxServer:
             self.service.stop(sig=signal.SIGQUIT, timeout=15)
 
 
-def make_nginx(root: Path, upstreams: dict[str, str]) -> NginxServer:
+def make_nginx(
+    root: Path, upstreams: dict[str, str], cls: type[NginxServer] = NginxServer
+) -> NginxServer:
     """Lay out certificates and roots under `root` (not yet started); the status page is
     the collector's to write (tests/services/test_nginx.py runs it).
 
-    `root` must be reachable by the www-data workers (see _world_tmpdir).
+    `root` must be reachable by the www-data workers (see _world_tmpdir); `cls` is
+    NginxServer or a variant of it (a benchmark's).
     """
     from opskit import tls
 
@@ -742,7 +746,7 @@ def make_nginx(root: Path, upstreams: dict[str, str]) -> NginxServer:
     (root / "log").mkdir()
     (root / "run").mkdir()
     os.chown(root / "run", 0, www.pw_gid)
-    return NginxServer(
+    return cls(
         http_port=free_port(),
         https_port=free_port(),
         ca_cert=paths.ca_cert,
@@ -827,22 +831,53 @@ def nginx_upstreams() -> dict[str, EchoUpstream]:
         up.stop()
 
 
-@pytest.fixture(scope="session")
-def nginx_server(nginx_upstreams: dict[str, EchoUpstream]) -> NginxServer:
+@contextmanager
+def running_nginx(
+    upstreams: dict[str, str], *, prefix: str = "nginx", cls: type[NginxServer] = NginxServer
+) -> Iterator[NginxServer]:
     """nginx on 127.0.0.1 (free http_port / https_port) with the shipped templates.
 
-    Certificates for the four site names come from a test CA (ca_cert); prod and staging
-    are proxied to nginx_upstreams; the status page and static files live in root/www.
+    Certificates for the four site names come from a test CA (ca_cert); "prod" and
+    "staging" are proxied to `upstreams`; the status page and static files live in
+    root/www, a fresh directory (named after `prefix`) removed afterwards.
     """
     require_binary("nginx", "packages")
     require_binary("envsubst", "packages")
-    root = _world_tmpdir("nginx")
+    root = _world_tmpdir(prefix)
     try:
-        server = make_nginx(root, {k: v.address for k, v in nginx_upstreams.items()})
-        server.start()
-        try:
+        with make_nginx(root, upstreams, cls) as server:
             yield server
-        finally:
-            server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nginx_server(nginx_upstreams: dict[str, EchoUpstream]) -> NginxServer:
+    """running_nginx() in front of nginx_upstreams, for the whole session."""
+    with running_nginx({k: v.address for k, v in nginx_upstreams.items()}) as server:
+        yield server
+
+
+# --- the app's environment -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def app_environment(
+    pgbouncer_server: PgBouncerServer,
+    app_databases: dict[str, AppDatabase],
+    redis_server: RedisServer,
+):
+    """app_environment(environment, workdir): tests.harness.django_app.app_env for
+    "production" or "staging", pointed at the session's PgBouncer, database and Redis."""
+    from tests.harness.django_app import app_env
+
+    def environment(name: str, workdir: Path) -> dict:
+        return app_env(
+            name,
+            workdir=workdir,
+            pgbouncer=pgbouncer_server,
+            database=app_databases[name],
+            redis_server=redis_server,
+        )
+
+    return environment

@@ -13,7 +13,7 @@ import secrets
 import pytest
 
 import redis
-from tests.harness.django_app import Browser, DjangoApp, app_env, manage
+from tests.harness.django_app import Browser, DjangoApp, manage
 
 HOST = "eduaiia.com"
 
@@ -24,15 +24,9 @@ def admin_login() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, pgbouncer_server, app_databases, redis_server, admin_login):
+def app(tmp_path_factory, app_environment, admin_login):
     workdir = tmp_path_factory.mktemp("app")
-    env = app_env(
-        "production",
-        workdir=workdir,
-        pgbouncer=pgbouncer_server,
-        database=app_databases["production"],
-        redis_server=redis_server,
-    )
+    env = app_environment("production", workdir)
     # migrations go through PgBouncer, as the deploy runs them in the app container
     manage(env, "migrate", "--noinput")
     username, password = admin_login
@@ -41,11 +35,8 @@ def app(tmp_path_factory, pgbouncer_server, app_databases, redis_server, admin_l
         {**env, "DJANGO_SUPERUSER_PASSWORD": password},
         "createsuperuser", "--noinput", "--username", username, "--email", "ops@example.com",
     )  # fmt: skip
-    server = DjangoApp(env, workdir).start()
-    try:
+    with DjangoApp(env, workdir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -13,45 +13,27 @@ import pytest
 import requests
 
 from tests.harness.core import wait_until
-from tests.harness.django_app import DjangoApp, app_env, manage
+from tests.harness.django_app import DjangoApp, manage
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory, pgbouncer_server, app_databases, redis_server):
+def app(tmp_path_factory, app_environment):
     workdir = tmp_path_factory.mktemp("health-app")
-    env = app_env(
-        "production",
-        workdir=workdir,
-        pgbouncer=pgbouncer_server,
-        database=app_databases["production"],
-        redis_server=redis_server,
-    )
+    env = app_environment("production", workdir)
     manage(env, "migrate", "--noinput")
-    server = DjangoApp(env, workdir).start()
-    try:
+    with DjangoApp(env, workdir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
-def single_worker_app(tmp_path_factory, pgbouncer_server, app_databases, redis_server):
+def single_worker_app(tmp_path_factory, app_environment):
     """Production settings in one worker of two threads: every probe shares one process."""
     workdir = tmp_path_factory.mktemp("health-single-worker")
-    env = app_env(
-        "production",
-        workdir=workdir,
-        pgbouncer=pgbouncer_server,
-        database=app_databases["production"],
-        redis_server=redis_server,
-    )
+    env = app_environment("production", workdir)
     env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="2")
     manage(env, "migrate", "--noinput")
-    server = DjangoApp(env, workdir).start()
-    try:
+    with DjangoApp(env, workdir) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def healthy(app: DjangoApp) -> bool:
@@ -84,6 +66,19 @@ def failing_answers(app: DjangoApp, *, timeout: float) -> list[tuple[int, dict]]
     answers = wait_until(four_failing, timeout=timeout, what="four 503 answers in a row")
     assert not unanswered, unanswered
     return answers
+
+
+def assert_outage_seen(app: DjangoApp, failing: str, *, timeout: float, error: str = "") -> None:
+    """Each of failing_answers() is a 503 "fail" with the `failing` check (database or
+    cache) down, naming `error` where given, and the other check up."""
+    working = {"database": "cache", "cache": "database"}[failing]
+    for status, body in failing_answers(app, timeout=timeout):
+        assert status == 503
+        assert body["status"] == "fail"
+        assert body["checks"][failing]["ok"] is False
+        if error:
+            assert body["checks"][failing]["error"] == error
+        assert body["checks"][working]["ok"] is True
 
 
 def test_ok_with_database_and_cache(app):
@@ -148,12 +143,7 @@ def test_503_naming_cache_while_redis_is_down(app, redis_server):
     try:
         # a worker reuses its cache result for a second (CACHE_RESULT_TTL_S), as for the
         # database: the outage shows within it
-        for status, body in failing_answers(app, timeout=30):
-            assert status == 503
-            assert body["status"] == "fail"
-            assert body["checks"]["cache"]["ok"] is False
-            assert body["checks"]["cache"]["error"] == "ConnectionError"
-            assert body["checks"]["database"]["ok"] is True
+        assert_outage_seen(app, "cache", timeout=30, error="ConnectionError")
     finally:
         redis_server.start()
     # the worker that saw the failure logs the recovery once it answers again (which of
@@ -171,12 +161,7 @@ def test_503_naming_database_while_pgbouncer_is_down(app, pgbouncer_server):
     pgbouncer_server.stop()
     try:
         # each of the two workers probes with its own connection: ask both of them
-        for status, body in failing_answers(app, timeout=30):
-            assert status == 503
-            assert body["status"] == "fail"
-            assert body["checks"]["database"]["ok"] is False
-            assert body["checks"]["database"]["error"] == "OperationalError"
-            assert body["checks"]["cache"]["ok"] is True
+        assert_outage_seen(app, "database", timeout=30, error="OperationalError")
     finally:
         pgbouncer_server.start()
     wait_until(lambda: recovered(app), timeout=30, what="/health/ 200 after PgBouncer is back")
@@ -190,10 +175,7 @@ def test_bounded_when_pgbouncer_waits_for_a_stopped_postgres(app, postgres_serve
     wait_until(lambda: recovered(app), timeout=30, what="/health/ 200 before the outage")
     postgres_server.stop()
     try:
-        for status, body in failing_answers(app, timeout=60):
-            assert status == 503
-            assert body["checks"]["database"]["ok"] is False
-            assert body["checks"]["cache"]["ok"] is True
+        assert_outage_seen(app, "database", timeout=60)
     finally:
         postgres_server.start()
     wait_until(lambda: recovered(app), timeout=60, what="/health/ 200 after PostgreSQL is back")
@@ -211,27 +193,18 @@ def test_nothing_written_under_home(app):
 
 
 def test_staging_is_healthy_with_its_own_database_redis_db_and_user(
-    tmp_path_factory, pgbouncer_server, app_databases, redis_server
+    tmp_path_factory, app_environment, redis_server
 ):
     """Staging: aiia_staging through PgBouncer, Redis db 1 as aiia_staging, 1 worker x 2."""
     workdir = tmp_path_factory.mktemp("health-staging")
-    env = app_env(
-        "staging",
-        workdir=workdir,
-        pgbouncer=pgbouncer_server,
-        database=app_databases["staging"],
-        redis_server=redis_server,
-    )
+    env = app_environment("staging", workdir)
     assert (env["REDIS_DB"], env["GUNICORN_WORKERS"]) == ("1", "1")
     manage(env, "migrate", "--noinput")
-    server = DjangoApp(env, workdir).start()
-    try:
+    with DjangoApp(env, workdir) as server:
         status, body = server.health()
         assert status == 200, body
         assert body["environment"] == "staging"
         assert server.logs().count("Booting worker") == 1
-    finally:
-        server.stop()
     # its probe key went to db 1 under its own prefix
     prefix = redis_server.users["staging"][2]
     keys = redis_server.cli("--scan", "--pattern", f"{prefix}:1:health:*", "-n", "1")

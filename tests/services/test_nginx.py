@@ -765,22 +765,16 @@ class TLSBrowser:
 
 
 @pytest.fixture(scope="module")
-def app_behind_nginx(pgbouncer_server, app_databases, redis_server):
+def app_behind_nginx(app_environment):
     """The production app under gunicorn (app/gunicorn.conf.py) behind the shipped nginx;
     collectstatic writes into the static volume nginx serves."""
-    from tests.harness.django_app import DjangoApp, app_env, manage
+    from tests.harness.django_app import DjangoApp, manage
 
     root = _world_tmpdir("nginx-app")
     nginx = make_nginx(root, {})
     workdir = root / "app"
     workdir.mkdir(mode=0o700)
-    env = app_env(
-        "production",
-        workdir=workdir,
-        pgbouncer=pgbouncer_server,
-        database=app_databases["production"],
-        redis_server=redis_server,
-    )
+    env = app_environment("production", workdir)
     env["DJANGO_STATIC_ROOT"] = str(nginx.site_root("prod") / "static")
     env["DJANGO_MEDIA_ROOT"] = str(nginx.site_root("prod") / "media")
     manage(env, "migrate", "--noinput")
@@ -790,17 +784,13 @@ def app_behind_nginx(pgbouncer_server, app_databases, redis_server):
         {**env, "DJANGO_SUPERUSER_PASSWORD": password},
         "createsuperuser", "--noinput", "--username", username, "--email", "ops@example.com",
     )  # fmt: skip
-    app = DjangoApp(env, workdir).start()
-    gunicorn = f"127.0.0.1:{app.port}"
-    nginx.upstreams = {"prod": gunicorn, "staging": gunicorn}
     try:
-        nginx.start()
-        try:
-            yield nginx, app, (username, password)
-        finally:
-            nginx.stop()
+        with DjangoApp(env, workdir) as app:
+            gunicorn = f"127.0.0.1:{app.port}"
+            nginx.upstreams = {"prod": gunicorn, "staging": gunicorn}
+            with nginx:
+                yield nginx, app, (username, password)
     finally:
-        app.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
