@@ -180,11 +180,13 @@ def run_age(pg: Postgres, recipient: str, out: Path) -> dict:
             "bytes": out.stat().st_size}  # fmt: skip
 
 
-def run_ours(pg: Postgres, recipient: str, out: Path) -> dict:
+def run_script(script: str, args: list[str], what: str) -> tuple[float, float, dict]:
+    """`script` in a child Python that imports the toolkit and prints JSON: its wall time,
+    its peak RSS in MiB sampled from here, and what it printed."""
     t0 = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", OURS, pg.sock, str(pg.port), str(out), recipient, str(PG_BIN)],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     rss = PeakRss(proc.pid)
@@ -192,8 +194,14 @@ def run_ours(pg: Postgres, recipient: str, out: Path) -> dict:
     seconds = time.monotonic() - t0
     sampled = rss.stop()
     if proc.returncode != 0:
-        raise SystemExit(f"the pipeline failed:\n{stderr.decode()[-3000:]}")
-    inner = json.loads(stdout)
+        raise SystemExit(f"{what} failed:\n{stderr.decode()[-3000:]}")
+    return seconds, sampled, json.loads(stdout)
+
+
+def run_ours(pg: Postgres, recipient: str, out: Path) -> dict:
+    seconds, sampled, inner = run_script(
+        OURS, [pg.sock, str(pg.port), str(out), recipient, str(PG_BIN)], "the pipeline"
+    )
     # the larger of the two readings: getrusage inside (exact) and VmHWM sampled from here
     peak = max(inner["self_maxrss_kb"] / 1024, sampled)
     return {"seconds": seconds, "ok": True, "python_rss_mb": peak,
@@ -220,20 +228,9 @@ print(json.dumps({"seconds": time.monotonic() - t0, "tables": result.tables,
 
 
 def run_restore(pg: Postgres, set_dir: Path, key: Path) -> dict:
-    t0 = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RESTORE, pg.sock, str(pg.port), str(set_dir), str(key),
-         str(PG_BIN)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    rss = PeakRss(proc.pid)
-    stdout, stderr = proc.communicate()
-    seconds = time.monotonic() - t0
-    sampled = rss.stop()
-    if proc.returncode != 0:
-        raise SystemExit(f"the restore failed:\n{stderr.decode()[-3000:]}")
-    inner = json.loads(stdout)
+    seconds, sampled, inner = run_script(
+        RESTORE, [pg.sock, str(pg.port), str(set_dir), str(key), str(PG_BIN)], "the restore"
+    )
     return {"seconds": seconds, "ok": True, "tables": inner["tables"],
             "python_rss_mb": max(inner["self_maxrss_kb"] / 1024, sampled)}  # fmt: skip
 
