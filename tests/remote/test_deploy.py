@@ -162,41 +162,19 @@ def test_a_build_that_fails_its_health_check_is_rolled_back_by_itself(server, ca
                   r"'migrate core 0001_initial'", out)  # fmt: skip
     assert m, out
     assert "(NOT reversed): core.0002_deploy_probe" in out
-    shown = server.fab(
-        "manage",
-        "--env",
-        "staging",
-        "--path",
-        str(server.staging),
-        "--release",
-        m.group(1),
-        "--command",
-        "showmigrations core",
-    )
+
+    def manage(command: str):
+        """`fab manage` on staging, in the image of the release that failed."""
+        return server.fab(
+            "manage", "--env", "staging", "--path", str(server.staging),
+            "--release", m.group(1), "--command", command,
+        )  # fmt: skip
+
+    shown = manage("showmigrations core")
     assert "[X] 0002_deploy_probe" in shown.stdout, shown.stdout + shown.stderr
-    reverse = server.fab(
-        "manage",
-        "--env",
-        "staging",
-        "--path",
-        str(server.staging),
-        "--release",
-        m.group(1),
-        "--command",
-        "migrate core 0001_initial",
-    )
+    reverse = manage("migrate core 0001_initial")
     assert reverse.returncode == 0, reverse.stdout + reverse.stderr
-    shown = server.fab(
-        "manage",
-        "--env",
-        "staging",
-        "--path",
-        str(server.staging),
-        "--release",
-        m.group(1),
-        "--command",
-        "showmigrations core",
-    )
+    shown = manage("showmigrations core")
     assert "[ ] 0002_deploy_probe" in shown.stdout
 
 
