@@ -17,16 +17,15 @@ GOOD_KEY = "k" * 20 + "Zq9-x_Y7w" * 5  # 65 characters, varied
 RECIPIENT = "age1" + "q" * 58
 
 
+def example(name: str) -> dict[str, str]:
+    """config/NAME.env.example as key -> value, placeholders included."""
+    lines = (ROOT / "config" / f"{name}.env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
 def good_production() -> dict[str, str]:
     """The production example with every placeholder filled by a plausible value."""
-    values = {
-        k: v
-        for k, v in (
-            line.split("=", 1)
-            for line in (ROOT / "config/prod.env.example").read_text().splitlines()
-            if line and not line.startswith("#")
-        )
-    }
+    values = example("prod")
     fills = {
         "DJANGO_SECRET_KEY": GOOD_KEY,
         "POSTGRES_PASSWORD": "pg-" + "a1b2c3" * 5,
@@ -185,14 +184,7 @@ def test_missing_file_says_how_to_create_it(tmp_path):
 
 
 def test_local_allows_the_guide_development_password(tmp_path):
-    values = {
-        k: v
-        for k, v in (
-            line.split("=", 1)
-            for line in (ROOT / "config/local.env.example").read_text().splitlines()
-            if line and not line.startswith("#")
-        )
-    }
+    values = example("local")
     values["DJANGO_SECRET_KEY"] = "local-only-key"
     loaded = s.load("local", write_env(tmp_path, values, "local.env"))
     assert loaded.reveal("POSTGRES_PASSWORD") == "dev_password_123"
