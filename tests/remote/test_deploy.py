@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from opskit.commands import deploy as cmd
+from opskit.shell import join
 from tests.harness.core import ROOT, wait_until
 from tests.remote import deploy_support as ds
 from tests.unit.test_deploy_history import Hook
@@ -119,6 +121,40 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
     )
     transcripts = sorted((server.prod / "logs").glob("deploy_production_*.log"))
     assert transcripts and "[7/8] switch     ok" in transcripts[-1].read_text()
+
+
+def test_a_dry_run_over_ssh_shows_every_command_and_changes_nothing(server, v2_image, capsys):
+    before = server.container_id("aiia_django_prod")
+    log = server.prod / "logs" / "deploys.log"
+    logged = log.read_text() if log.exists() else None
+    backups = sorted(p.name for p in (server.prod / "backups").glob("*"))
+    proc = server.fab(*server.deploy_args("production", "--image", v2_image, "--dry-run",
+                                          backup=True))  # fmt: skip
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy --dry-run (production) ---", out.strip())
+    assert proc.returncode == 0, out
+    assert [name for name, _status in steps(out)] == [
+        "lock", "preflight", "backup", "image", "migrate", "release", "switch", "unlock",
+    ]  # fmt: skip
+    # what the hand-kept list of old left out is shown too, from the same table of steps
+    for shown in (
+        f"bash {server.prod}/scripts/backup.sh production",
+        f"docker pull --quiet {v2_image}",
+        "manage.py showmigrations --plan",
+        "manage.py migrate --noinput",
+        "manage.py collectstatic --noinput",
+        join(cmd.nginx_reload()),
+        "worker process is shutting",
+        "docker image ls",
+        f"{server.prod}/logs/deploys.log",
+    ):
+        assert shown in out, shown
+    assert "dry run: nothing was changed" in out
+    assert server.container_id("aiia_django_prod") == before
+    assert (log.read_text() if log.exists() else None) == logged
+    assert sorted(p.name for p in (server.prod / "backups").glob("*")) == backups
+    assert not (server.prod / ".deploy" / "lock").exists()
+    assert release_containers("production") == []
 
 
 def test_a_build_that_fails_its_health_check_is_rolled_back_by_itself(server, capsys):
