@@ -228,16 +228,25 @@ def test_workers_run_unprivileged(nginx_server):
     assert children == ["www-data", "www-data"]
 
 
-def test_default_render_points_at_the_compose_services(tmp_path):
-    """With no overrides the one place (defaults.env) gives the production layout."""
-    env = {"PATH": "/usr/bin:/bin:/usr/sbin", "STATUS_USER": "ops", "STATUS_PASSWORD": "pw",
-           "NGINX_RUN_DIR": str(tmp_path / "run")}  # fmt: skip
-    proc = subprocess.run(
-        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
+def render(conf: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """nginx/render.sh into `conf` with exactly `env` (defaults.env fills in the rest)."""
+    return subprocess.run(
+        ["sh", str(ROOT / "nginx" / "render.sh"), str(conf)],
         env=env,
         capture_output=True,
         text=True,
     )
+
+
+def least_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """What render.sh needs besides its defaults: the status login and a run directory."""
+    return {"PATH": "/usr/bin:/bin:/usr/sbin", "STATUS_USER": "ops", "STATUS_PASSWORD": "pw",
+            "NGINX_RUN_DIR": str(tmp_path / "run"), **overrides}  # fmt: skip
+
+
+def test_default_render_points_at_the_compose_services(tmp_path):
+    """With no overrides the one place (defaults.env) gives the production layout."""
+    proc = render(tmp_path / "conf", least_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     prod = (tmp_path / "conf" / "sites" / "prod.conf").read_text()
     staging = (tmp_path / "conf" / "sites" / "staging.conf").read_text()
@@ -266,14 +275,7 @@ def test_default_render_points_at_the_compose_services(tmp_path):
     ],
 )
 def test_render_refuses(tmp_path, env, message):
-    full = {"PATH": "/usr/bin:/bin:/usr/sbin", "STATUS_USER": "ops", "STATUS_PASSWORD": "pw",
-            "NGINX_RUN_DIR": str(tmp_path / "run"), **env}  # fmt: skip
-    proc = subprocess.run(
-        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
-        env=full,
-        capture_output=True,
-        text=True,
-    )
+    proc = render(tmp_path / "conf", least_env(tmp_path, **env))
     assert proc.returncode != 0
     assert message in proc.stderr
 
@@ -294,12 +296,7 @@ def test_gixy_would_catch_the_dropped_headers_trap(nginx_server, tmp_path):
     """Control: the analyser does see the trap the snippets avoid (add_header in a
     location without the security headers)."""
     env = {**nginx_server.render_env(), "NGINX_RUN_DIR": str(tmp_path / "run")}
-    proc = subprocess.run(
-        ["sh", str(ROOT / "nginx" / "render.sh"), str(tmp_path / "conf")],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = render(tmp_path / "conf", env)
     assert proc.returncode == 0, proc.stderr
     assert gixy(tmp_path / "conf" / "nginx.conf") == []
     site = tmp_path / "conf" / "sites" / "prod.conf"

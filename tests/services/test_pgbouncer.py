@@ -117,19 +117,22 @@ def test_pools_leave_room_under_max_connections(pgbouncer_server, postgres_serve
     assert room >= 20, f"only {room} connections left outside PgBouncer"
 
 
+def as_postgres(argv: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """`argv` as OS user postgres, the user the image runs PgBouncer and its scripts as."""
+    return subprocess.run(
+        argv, env=env, user=PG_OS_USER, cwd=cwd, capture_output=True, text=True, timeout=30
+    )
+
+
 def test_a_broken_ini_is_refused(pgbouncer_server, postgres_server):
     rendered = (pgbouncer_server.run_dir / "pgbouncer.ini").read_text()
     path = pgbouncer_server.root / "broken.ini"
     path.write_text(rendered.replace("pool_mode = transaction", "pool_mode = transactions"))
     os.chown(path, postgres_server.owner.pw_uid, postgres_server.owner.pw_gid)
-    proc = subprocess.run(
+    proc = as_postgres(
         ["pgbouncer", str(path)],
-        user=PG_OS_USER,
         env={"PATH": os.environ["PATH"] + ":/usr/sbin"},
         cwd=pgbouncer_server.root,
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert proc.returncode != 0
     assert 'invalid value "transactions" for parameter pool_mode' in proc.stderr
@@ -153,14 +156,10 @@ def test_rendered_secrets_are_private(pgbouncer_server, postgres_server, app_dat
 def test_render_refuses_a_placeholder_password(pgbouncer_server):
     env = {**pgbouncer_server.env, "PGBOUNCER_AUTH_PASSWORD": "CHANGE_ME",
            "PGBOUNCER_RUN_DIR": str(pgbouncer_server.root / "never")}  # fmt: skip
-    proc = subprocess.run(
+    proc = as_postgres(
         ["bash", str(pgbouncer_server.confdir / "render-config.sh")],
         env=env,
-        user=PG_OS_USER,
         cwd=pgbouncer_server.root,
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert proc.returncode != 0
     assert "PGBOUNCER_AUTH_PASSWORD" in proc.stderr
