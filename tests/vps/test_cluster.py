@@ -330,19 +330,32 @@ def test_a_web_node_stopped_the_other_keeps_answering_and_nothing_is_lost(swarm,
     assert [n for n, _i in swarm.running("django_prod")] == ["web1", "web2"]
 
 
-def test_postgresql_stays_on_the_db_node_with_its_data_across_a_stack_update(swarm):
+def test_an_env_change_replaces_only_its_readers_and_postgresql_keeps_its_data(swarm):
     swarm.psql("INSERT INTO cluster_probe VALUES ('before the stack update');")
-    before = swarm.docker("ps", "-q", "--filter", "name=aiia_postgresql").strip()
-    # a changed env file is a new secret for every service that reads it: the stack update
-    # replaces PostgreSQL's task (stop-first, one PostgreSQL on its volume)
+    postgresql = swarm.docker("ps", "-q", "--filter", "name=aiia_postgresql").strip()
+    staging = {t["ID"] for t in swarm.tasks("django_staging")}
+    # each service gets a secret with only the keys it reads: a change to staging's env file
+    # is a new secret for staging alone, and the stack update replaces staging's task only
     path = f"{CHECKOUTS['staging']}/.env"
     swarm.db.exec("sed", "-i", "s/^GUNICORN_THREADS=.*/GUNICORN_THREADS=3/", path)
     out = swarm.fab("cluster-up", "--no-encrypt", "--no-resolve-image")
-    assert "Updating service aiia_postgresql" in out
+    assert "secrets and configs created: aiia_django_staging_env_" in out
+    assert "aiia_postgresql_env_" not in out.split("secrets and configs created:")[1].split("\n")[0]
+
+    def staging_replaced() -> bool:
+        now = {t["ID"] for t in swarm.tasks("django_staging")}
+        return bool(now) and not now & staging and swarm.all_running()
+
+    wait_until(staging_replaced, timeout=240, interval=3, what="a new staging task, all running")
+    assert swarm.docker("ps", "-q", "--filter", "name=aiia_postgresql").strip() == postgresql
+
+    # PostgreSQL's own task replaced (as a change to its settings or image would): stop-first,
+    # placed on the db node again, on the same volume
+    swarm.docker("service", "update", "--force", "--detach", "aiia_postgresql")
 
     def replaced() -> bool:
         now = swarm.docker("ps", "-q", "--filter", "name=aiia_postgresql").strip()
-        return bool(now) and now != before and swarm.all_running()
+        return bool(now) and now != postgresql and swarm.all_running()
 
     wait_until(replaced, timeout=240, interval=3, what="a new PostgreSQL task, all running")
     assert {n for n, _ in swarm.running("postgresql")} == {"db"}
