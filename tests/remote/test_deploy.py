@@ -422,3 +422,190 @@ def test_the_guides_deploy_script_on_the_server(server, v2_image, capsys):
     entry = server.deploy_log("staging")[-1]
     assert entry["result"] == "ok" and entry["who"].endswith("(scripts/deploy.sh)")
     assert server.version("staging") == "v2"
+
+
+# --- every client kind through each way nginx's target or configuration changes -------
+
+
+def _zero_errors(server, capsys, case: str, action):
+    """Run `action` while wrk, h2load and one-request-per-connection loops (GET and POST)
+    go through nginx to production; print the counts; fail on any error of a kind nginx
+    can spare (HTTP/2's GOAWAY race on a reload is printed, see docs/deploy.md)."""
+    from tests.remote.clients import Clients
+
+    work = server.base / "clients" / re.sub(r"\W+", "-", case)
+    with Clients(server, ds.PROD_HOST, work) as clients:
+        out = action()
+        time.sleep(2)
+    report(capsys, clients.report(case))
+    if out is not None:
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert clients.problems() == [], clients.problems()
+    for tally in clients.tallies:
+        assert tally.requests > 0, clients.report(case)
+        if "HTTP/2" not in tally.name:
+            assert tally.failed == 0, clients.report(case)
+    return out
+
+
+def test_no_client_kind_sees_an_error_through_a_deploy_a_rollback_or_a_failed_gate(
+    server, v2_image, capsys
+):
+    assert server.version("production") == "v1"
+    deployed = _zero_errors(server, capsys, "fab deploy --image (production, v1 -> v2)",
+                            lambda: server.fab(*server.deploy_args("production", "--image",
+                                                                   v2_image)))  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert server.version("production") == "v2"
+    gate = _zero_errors(
+        server, capsys, "fab deploy --ref bad-health (production, the health gate fails)",
+        lambda: server.fab(*server.deploy_args("production", "--ref", "bad-health",
+                                               "--health-attempts", "3",
+                                               "--health-interval", "1")),
+    )  # fmt: skip
+    assert gate.returncode == 1 and "health check failed" in gate.stdout + gate.stderr
+    assert server.version("production") == "v2"
+    rolled = _zero_errors(server, capsys, "fab rollback (production, v2 -> v1)",
+                          lambda: server.fab("rollback", "--env", "production", "--path",
+                                             str(server.prod)))  # fmt: skip
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert server.version("production") == "v1"
+
+
+def test_no_client_kind_sees_an_error_through_an_nginx_configuration_reload(server, capsys):
+    """What a certificate renewal's deploy hook and a configuration change run."""
+    reloaded = _zero_errors(server, capsys, "docker exec aiia_nginx aiia-reload",
+                            lambda: ds.run(["docker", "exec", "aiia_nginx", "aiia-reload"],
+                                           check=False, timeout=120))  # fmt: skip
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+
+
+# --- the workflows, run here step by step (tests/remote/workflows.py) --------------------
+
+
+def _registry_files(server) -> set[str]:
+    root = server.base / "registry"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_workflows_deploy_staging_and_promote_its_digest_to_production(server, capsys):
+    """staging.yml's build and deploy jobs build with compose, push to the registry and run
+    `fab deploy`; production.yml for the same commit finds staging's image and deploys
+    that digest: no test run, no build, nothing pushed."""
+    from tests.remote.workflows import Runner
+    from tests.stack.stackkit import host_ca_bundle
+
+    sha = ds.publish(server.origin, server.work, "wf", {"app/core/workflow.txt": "run\n"},
+                     branches=("staging", "main"))  # fmt: skip
+    workflows = ROOT / ".github" / "workflows"
+
+    def run_workflow(name: str, branch: str, path) -> dict:
+        runner = Runner(
+            workflow=workflows / f"{name}.yml",
+            origin=server.origin,
+            sha=sha,
+            base=server.base / f"workflow-{name}",
+            github={
+                "sha": sha,
+                "ref": f"refs/heads/{branch}",
+                "repository": "Acme/AIIA",
+                "actor": "octo",
+                "run_id": 4242,
+                "event_name": "push",
+            },  # fmt: skip
+            secrets={
+                "DEPLOY_SSH_KEY": Path(server.ssh.key_filename).read_text(),
+                "DEPLOY_KNOWN_HOSTS": Path(server.ssh.known_hosts).read_text()
+                if Path(server.ssh.known_hosts).is_file()
+                else "",
+                "GITHUB_TOKEN": "loopback-registry-needs-none",
+            },
+            vars={
+                "DEPLOY_HOST": f"{server.ssh.user}@{server.ssh.host}:{server.ssh.port}",
+                "DEPLOY_PATH": str(path),
+                "STAGING_PATH": str(server.staging),
+                "REGISTRY": server.registry.address,
+            },
+            # what this machine needs that a GitHub runner does not: pip in the build
+            # trusts this machine's CA (compose/release.yml's build secret)
+            runner_env={"EXTRA_CA_CERTS": host_ca_bundle()},
+            assume_passed=("test",),  # the test job is this very suite
+        )
+        jobs = runner.run()
+        report(capsys, f"--- workflow {name} (push of {sha[:12]} to {branch}) ---",
+               *(job.transcript() for job in jobs.values()))  # fmt: skip
+        return jobs
+
+    staging = run_workflow("staging", "staging", server.staging)
+    assert [(n, j.result) for n, j in staging.items()] == [
+        ("test", "success"), ("build", "success"), ("deploy", "success"),
+    ]  # fmt: skip
+    image = f"{server.registry.address}/acme/aiia/app:{sha}"
+    assert staging["build"].outputs == {"image": image}
+    assert server.version("staging") == sha[:12]
+    staged = server.deploy_log("staging")[-1]
+    assert (staged["result"], staged["image"], staged["commit"]) == ("ok", image, sha)
+    assert staged["digest"].startswith(f"{server.registry.address}/acme/aiia/app@sha256:")
+    assert staged["who"].startswith("octo (github actions Acme/AIIA run 4242)")
+
+    pushed = _registry_files(server)
+    production = run_workflow("production", "main", server.prod)
+    assert [(n, j.result) for n, j in production.items()] == [
+        ("staged", "success"), ("test", "skipped"), ("build", "skipped"), ("deploy", "success"),
+    ]  # fmt: skip
+    assert production["staged"].outputs == {"image": staged["digest"]}
+    assert _registry_files(server) == pushed, "production's run pushed to the registry"
+    assert server.version("production") == sha[:12]
+    promoted = server.deploy_log("production")[-1]
+    assert (promoted["result"], promoted["image"], promoted["digest"], promoted["commit"]) == (
+        "ok", staged["digest"], staged["digest"], sha,
+    )  # fmt: skip
+    kept = server.fab("releases", "--env", "production", "--path", str(server.prod))
+    report(capsys, "--- fab releases (production) ---", kept.stdout.strip())
+    assert f"commit {sha[:12]}" in kept.stdout and staged["digest"] in kept.stdout
+
+
+def test_the_checkout_follows_an_image_and_its_nginx_change_applies_without_errors(server, capsys):
+    """An --image deploy whose commit changes nginx/templates/ moves the production
+    checkout there and names the change; `fab apply-services` puts it in service with no
+    client error; a rollback moves the checkout back, and applying again restores nginx."""
+    snippet = "nginx/templates/snippets/acme-and-health.conf"
+    text = (ROOT / snippet).read_text() + (
+        "\n# a release that changes nginx\nlocation = /release-probe {\n"
+        '    default_type text/plain;\n    return 200 "v5\\n";\n}\n'
+    )
+    sha5 = ds.publish(server.origin, server.work, "v5", {snippet: text}, base="wf",
+                      branches=("main",))  # fmt: skip
+    image = server.registry.publish(server.origin, server.work, "v5")
+
+    def head() -> str:
+        return ds.run(["git", "-C", server.prod, "rev-parse", "HEAD"]).stdout.strip()
+
+    before = head()
+    proc = server.fab(*server.deploy_args("production", "--image", image))
+    out = proc.stdout + proc.stderr
+    report(capsys, "--- fab deploy --image v5 (changes nginx/templates/) ---", out.strip())
+    assert proc.returncode == 0, out
+    assert head() == sha5
+    assert f"checkout {before[:12]} -> {sha5[:12]}" in out
+    assert f"configs of nginx changed ({snippet})" in out
+    assert "apply-services --env production --service nginx" in out
+    assert server.https(ds.PROD_HOST, "/release-probe")[0] == 404  # not applied yet: Django's
+
+    applied = _zero_errors(
+        server, capsys, "fab apply-services --service nginx (the v5 templates)",
+        lambda: server.fab("apply-services", "--env", "production", "--path", str(server.prod),
+                           "--service", "nginx"),
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert server.https(ds.PROD_HOST, "/release-probe")[0] == 200
+
+    rolled = server.fab("rollback", "--env", "production", "--path", str(server.prod))
+    out = rolled.stdout + rolled.stderr
+    report(capsys, "--- fab rollback (production, v5 -> the workflow's release) ---", out)
+    assert rolled.returncode == 0, out
+    assert head() == before
+    assert f"checkout {sha5[:12]} -> {before[:12]}" in out
+    again = server.fab("apply-services", "--env", "production", "--path", str(server.prod))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert server.https(ds.PROD_HOST, "/release-probe")[0] == 404
