@@ -457,9 +457,12 @@ def test_no_client_kind_sees_an_error_through_a_deploy_a_rollback_or_a_failed_ga
                                                                    v2_image)))  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert server.version("production") == "v2"
+    # a build of its own whose /health/ answers 503 (the test runs alone with -k too)
+    ds.publish(server.origin, server.work, "bad-gate", dict([ds.broken_health()]),
+               branches=())  # fmt: skip
     gate = _zero_errors(
-        server, capsys, "fab deploy --ref bad-health (production, the health gate fails)",
-        lambda: server.fab(*server.deploy_args("production", "--ref", "bad-health",
+        server, capsys, "fab deploy --ref bad-gate (production, the health gate fails)",
+        lambda: server.fab(*server.deploy_args("production", "--ref", "bad-gate",
                                                "--health-attempts", "3",
                                                "--health-interval", "1")),
     )  # fmt: skip
@@ -537,7 +540,8 @@ def test_the_workflows_deploy_staging_and_promote_its_digest_to_production(serve
         return jobs
 
     staging = run_workflow("staging", "staging", server.staging)
-    assert [(n, j.result) for n, j in staging.items()] == [
+    # jobs that run only on failure (notifications) are skipped and left out here
+    assert [(n, j.result) for n, j in staging.items() if j.ran] == [
         ("test", "success"), ("build", "success"), ("deploy", "success"),
     ]  # fmt: skip
     image = f"{server.registry.address}/acme/aiia/app:{sha}"
@@ -550,7 +554,7 @@ def test_the_workflows_deploy_staging_and_promote_its_digest_to_production(serve
 
     pushed = _registry_files(server)
     production = run_workflow("production", "main", server.prod)
-    assert [(n, j.result) for n, j in production.items()] == [
+    assert [(n, j.result) for n, j in production.items() if n != "notify"] == [
         ("staged", "success"), ("test", "skipped"), ("build", "skipped"), ("deploy", "success"),
     ]  # fmt: skip
     assert production["staged"].outputs == {"image": staged["digest"]}
