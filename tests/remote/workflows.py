@@ -110,21 +110,21 @@ def evaluate(expr: str, context: dict, status: str = "success"):
             left = same if op == "==" else not same
         return left
 
-    def conjunction():
-        left = comparison()
-        while cur[0][1] == "&&":
-            take()
-            right = comparison()
-            left = right if left else left
-        return left
+    def chain(operand, op: str, pick):
+        """`operand (op operand)*`, left to right; `pick(left, right)` gives the value."""
 
-    def disjunction():
-        left = conjunction()
-        while cur[0][1] == "||":
-            take()
-            right = conjunction()
-            left = left if left else right
-        return left
+        def parse():
+            left = operand()
+            while cur[0][1] == op:
+                take()
+                left = pick(left, operand())
+            return left
+
+        return parse
+
+    # && and || give one of their operands, as GitHub's do, not a boolean
+    conjunction = chain(comparison, "&&", lambda left, right: right if left else left)
+    disjunction = chain(conjunction, "||", lambda left, right: left if left else right)
 
     value = disjunction()
     if cur[0][0] != "end":
