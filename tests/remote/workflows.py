@@ -70,7 +70,7 @@ def evaluate(expr: str, context: dict, status: str = "success"):
 
     def take():
         tok = cur[0]
-        cur[0] = next(it)
+        cur[0] = next(it, ("end", ""))
         return tok
 
     def primary():
@@ -99,7 +99,7 @@ def evaluate(expr: str, context: dict, status: str = "success"):
             return value
         if text == "!":
             return not primary()
-        raise WorkflowError(f"unexpected {text!r} in {expr!r}")
+        raise WorkflowError(f"unexpected {text or 'end'!r} in {expr!r}")
 
     def comparison():
         left = primary()
