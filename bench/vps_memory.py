@@ -4,7 +4,7 @@ its own memory cgroup and its OOM kills, at idle, under 100 users and at a deplo
 Usage:
     python bench/vps_memory.py -H root@HOST[:PORT] [-i KEY] [--https HOST:PORT]
         [--users 100] [--load-seconds 60] [--deploy-image REF] [--deploy-user ubuntu]
-        [--json FILE]
+        [--breakdown] [--json FILE]
 
 What it reads, every sample (one shell script over one SSH connection; the server needs
 no Python):
@@ -31,6 +31,7 @@ import argparse
 import http.client
 import json
 import random
+import shlex
 import socket
 import ssl
 import subprocess
@@ -91,6 +92,60 @@ while :; do
   p=$(dirname "$p")
 done
 echo '## oom'; dmesg 2>/dev/null | grep 'oom-kill:' || true
+"""
+# Where the machine's memory goes, once per phase with --breakdown: the machine cgroup's
+# own composition (anonymous, shared memory, active and inactive page cache, kernel), the
+# figure of every cgroup below it two levels deep (systemd's units, each container) and
+# every process's PSS split into anonymous, file and shared memory.
+BREAKDOWN = r"""
+p=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/1/cgroup)
+big=4611686018427387904
+while :; do
+  d=/sys/fs/cgroup/memory$p
+  [ -r $d/memory.limit_in_bytes ] && [ "$(cat $d/memory.limit_in_bytes)" -lt $big ] && break
+  d=/sys/fs/cgroup$p
+  [ -r $d/memory.max ] && [ "$(cat $d/memory.max)" != max ] && break
+  if [ -z "$p" ] || [ "$p" = / ]; then
+    d=/sys/fs/cgroup/memory; [ -d $d ] || d=/sys/fs/cgroup; break
+  fi
+  p=$(dirname "$p")
+done
+echo '## base'; echo "${p:-/}"
+echo '## machine'
+if [ -r $d/memory.usage_in_bytes ]; then
+  echo "usage $(cat $d/memory.usage_in_bytes)"
+  echo "kernel $(cat $d/memory.kmem.usage_in_bytes 2>/dev/null || echo 0)"
+  awk '$1=="total_rss"{print "anon", $2} $1=="total_shmem"{print "shmem", $2}
+       $1=="total_active_file"{print "active_file", $2}
+       $1=="total_inactive_file"{print "inactive_file", $2}' $d/memory.stat
+else
+  echo "usage $(cat $d/memory.current)"
+  awk '$1=="anon"||$1=="shmem"||$1=="active_file"||$1=="inactive_file"||$1=="kernel"{print}' \
+    $d/memory.stat
+fi
+echo '## groups'
+find $d -mindepth 1 -maxdepth 2 -type d | while read g; do
+  if [ -r $g/memory.usage_in_bytes ]; then
+    u=$(cat $g/memory.usage_in_bytes)
+    i=$(awk '$1=="total_inactive_file"{print $2}' $g/memory.stat)
+  else
+    u=$(cat $g/memory.current 2>/dev/null || echo 0)
+    i=$(awk '$1=="inactive_file"{print $2}' $g/memory.stat 2>/dev/null)
+  fi
+  echo "${g#$d/} $(( ${u:-0} - ${i:-0} ))"
+done
+echo '## names'
+docker ps --no-trunc --format '{{.ID}} {{.Names}}' 2>/dev/null
+echo '## procs'
+for p in $(ls /proc | grep -E '^[0-9]+$'); do
+  [ -r /proc/$p/smaps_rollup ] || continue
+  c=$(cat /proc/$p/comm 2>/dev/null) || continue
+  g=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/$p/cgroup 2>/dev/null)
+  awk -v p=$p -v c="$c" -v g="$g" '/^Rss:/{r=$2} /^Pss:/{s=$2} /^Pss_Anon:/{a=$2}
+    /^Pss_File:/{f=$2} /^Pss_Shmem:/{h=$2}
+    END{if (r>0) printf "%s %s %d %d %d %d %d %s\n", p, g, r, s, a, f, h, c}' \
+    /proc/$p/smaps_rollup 2>/dev/null
+done
 """
 
 
@@ -156,6 +211,107 @@ class Peak:
         self.oom_kills = max(self.oom_kills, s.oom_kills)
 
 
+@dataclass
+class Breakdown:
+    machine: dict[str, float]  # MiB: usage, anon, shmem, active_file, inactive_file, kernel
+    groups: dict[str, float]  # cgroup below the machine's (containers by name) -> MiB
+    procs: list[dict]  # pid, group, comm, rss/pss/pss_anon/pss_file/pss_shmem MiB
+
+
+def _short_group(path: str, names: dict[str, str]) -> str:
+    """A cgroup path relative to the machine's, containers by name: `system.slice/ssh.service`."""
+    parts = [names.get(part, part) for part in path.strip("/").split("/") if part]
+    return "/".join(parts) or "(machine)"
+
+
+def parse_breakdown(text: str) -> Breakdown:
+    s = sections(text)
+    machine = {}
+    for line in s.get("machine", []):
+        key, _, value = line.partition(" ")
+        machine[key] = int(value or 0) / MIB
+    base = (s.get("base") or [""])[0].strip().rstrip("/")
+    names = {}
+    for line in s.get("names", []):
+        cid, _, name = line.partition(" ")
+        names[cid] = name.strip()
+    groups = {}
+    for line in s.get("groups", []):
+        path, _, used = line.rpartition(" ")
+        groups[_short_group(path, names)] = int(used) / MIB
+    procs = []
+    for line in s.get("procs", []):
+        pid, group, rss, pss, anon, file, shmem, comm = line.split(" ", 7)
+        if base and group.startswith(base):
+            group = group[len(base) :]
+        kb = [int(x) / 1024 for x in (rss, pss, anon, file, shmem)]
+        procs.append({
+            "pid": int(pid), "group": _short_group(group, names), "comm": comm,
+            "rss": kb[0], "pss": kb[1], "pss_anon": kb[2], "pss_file": kb[3], "pss_shmem": kb[4],
+        })  # fmt: skip
+    return Breakdown(machine, groups, procs)
+
+
+def breakdown_table(b: Breakdown, top: int = 25) -> str:
+    m = b.machine
+    lines = ["where the machine's memory goes (MiB):"]
+    counted = m.get("usage", 0) - m.get("inactive_file", 0)
+    lines.append(
+        f"  counted {counted:.1f} = usage {m.get('usage', 0):.1f} - inactive page cache "
+        f"{m.get('inactive_file', 0):.1f}; of usage: anonymous {m.get('anon', 0):.1f}, "
+        f"shared memory {m.get('shmem', 0):.1f}, active page cache "
+        f"{m.get('active_file', 0):.1f}, kernel {m.get('kernel', 0):.1f}"
+    )
+    lines.append("  cgroups below the machine's (usage - inactive page cache):")
+    for name, mb in sorted(b.groups.items(), key=lambda kv: -kv[1]):
+        if mb >= 0.5:
+            lines.append(f"    {mb:7.1f}  {name}")
+    lines.append(f"  processes by PSS (top {top}): PSS = anonymous + file + shared memory, RSS")
+    for p in sorted(b.procs, key=lambda p: -p["pss"])[:top]:
+        lines.append(
+            f"    {p['pss']:6.1f} = {p['pss_anon']:5.1f} + {p['pss_file']:5.1f} + "
+            f"{p['pss_shmem']:5.1f}  rss {p['rss']:6.1f}  {p['comm']:<16} {p['group']}"
+        )
+    total = sum(p["pss"] for p in b.procs)
+    lines.append(f"  all {len(b.procs)} processes: PSS {total:.1f} "
+                 f"(anonymous {sum(p['pss_anon'] for p in b.procs):.1f})")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --squeeze: how much of the idle figure is page cache the kernel gives back on demand.
+# A python3 on the server (Debian's unattended-upgrades brings one) volunteers as the OOM
+# killer's first victim and holds anonymous memory, 8 MiB at a time, until the machine's
+# page cache is under 24 MiB or what cannot be reclaimed is within 64 MiB of the limit;
+# then it lets go, and the idle phase is measured again.
+SQUEEZE = r"""
+import os, time
+open("/proc/self/oom_score_adj", "w").write("1000")
+M, big = 1 << 20, 1 << 62
+p = open("/proc/1/cgroup").read().split("memory:")[1].split("\n")[0]
+while True:
+    d = "/sys/fs/cgroup/memory" + p
+    if int(open(d + "/memory.limit_in_bytes").read()) < big:
+        break
+    if p in ("", "/"):
+        raise SystemExit("no memory limit on the way to PID 1's cgroup: nothing to squeeze")
+    p = os.path.dirname(p)
+limit = int(open(d + "/memory.limit_in_bytes").read())
+def files():
+    s = dict(line.split() for line in open(d + "/memory.stat"))
+    usage = int(open(d + "/memory.usage_in_bytes").read())
+    cache = int(s["total_active_file"]) + int(s["total_inactive_file"])
+    return usage, cache
+held = []
+while True:
+    usage, cache = files()
+    if cache < 24 * M or usage - cache + 8 * M > limit - 64 * M:
+        break
+    held.append(b"\1" * (8 * M))
+    time.sleep(0.05)
+print(f"held {len(held) * 8} MiB; page cache {cache / M:.0f} MiB left")
+"""
+
+
 class Server:
     def __init__(self, host: str, key: str | None) -> None:
         from fabric import Config, Connection
@@ -175,6 +331,13 @@ class Server:
 
     def sample(self) -> Sample:
         return parse_sample(self.c.run(PROBE, hide=True, warn=True).stdout)
+
+    def squeeze(self) -> str:
+        res = self.c.run(f"python3 -c {shlex.quote(SQUEEZE)}", hide=True, warn=True, timeout=300)
+        return (res.stdout + res.stderr).strip()
+
+    def breakdown(self) -> Breakdown:
+        return parse_breakdown(self.c.run(BREAKDOWN, hide=True, warn=True).stdout)
 
 
 def sample_until(server: Server, stop: threading.Event, peak: Peak, interval: float) -> None:
@@ -295,6 +458,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--goal-idle-mb", type=float, default=350)
     ap.add_argument("--goal-peak-mb", type=float, default=480)
     ap.add_argument("--json", dest="json_file")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="print where the idle machine's memory goes: cgroups and processes",
+    )
+    ap.add_argument(
+        "--squeeze",
+        action="store_true",
+        help="after idle, make the kernel reclaim the page cache it can, then idle again",
+    )
+    ap.add_argument("--settle-s", type=float, default=20, help="after the squeeze")
     args = ap.parse_args(argv)
     server = Server(args.host, args.key)
     https = args.https or f"{args.host.rpartition('@')[2].partition(':')[0]}:443"
@@ -306,6 +480,23 @@ def main(argv: list[str] | None = None) -> int:
         idle.add(server.sample())
         time.sleep(1)
     phases["idle"] = idle
+    if args.breakdown:
+        found = server.breakdown()
+        print(breakdown_table(found))
+        extra["idle_breakdown"] = {"machine_mib": found.machine, "cgroups_mib": found.groups,
+                                   "processes": found.procs}  # fmt: skip
+
+    if args.squeeze:
+        extra["squeeze"] = server.squeeze()
+        print(f"squeeze: {extra['squeeze']}")
+        time.sleep(args.settle_s)
+        after = Peak()
+        for _ in range(args.idle_samples):
+            after.add(server.sample())
+            time.sleep(1)
+        phases["idle after reclaim"] = after
+        if args.breakdown:
+            print(breakdown_table(server.breakdown()))
 
     if args.users > 0 and args.load_seconds > 0:
         load, stop = Peak(), threading.Event()
@@ -346,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(phases, args.goal_idle_mb, args.goal_peak_mb))
     for k, v in extra.items():
-        print(f"{k}: {v}")
+        if k != "idle_breakdown":
+            print(f"{k}: {v}")
     doc = {
         "phases": {
             name: {
