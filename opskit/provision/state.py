@@ -214,6 +214,16 @@ def merge_daemon_json(current: str, wanted: Mapping = DAEMON_JSON) -> tuple[dict
     return merged, changed
 
 
+# ----------------------------------------------------------------------------- memory
+
+# Debian's unattended-upgrades.service is no upgrade: it is a python3 that stays resident
+# only to hold a shutdown back while an upgrade runs. Measured inside the 512 MB VPS
+# (bench/vps_levers.py, lever no-uu-shutdown-helper): its cgroup held 12.5 MiB at idle.
+# The upgrades themselves still run daily from apt-daily-upgrade.timer.
+UU_HELPER = "unattended-upgrades.service"
+UPGRADE_TIMER = "apt-daily-upgrade.timer"
+
+
 # ----------------------------------------------------------------------------- users, keys
 
 

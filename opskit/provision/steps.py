@@ -219,6 +219,34 @@ def apply_daemon_json(ctx: Context, plan: Plan) -> None:
                "sleep 1; done; exit 1"], "waiting for Docker", timeout=90)  # fmt: skip
 
 
+# ============================================================================ memory
+
+
+def read_memory(ctx: Context) -> dict[str, str]:
+    probe = state.probe_script({
+        "helper": f"systemctl is-enabled {state.UU_HELPER}",
+        "active": f"systemctl is-active {state.UU_HELPER}",
+        "timer": f"systemctl is-enabled {state.UPGRADE_TIMER}",
+    })  # fmt: skip
+    return state.sections(ctx.r.run(["sh", "-c", probe]).stdout)
+
+
+def plan_memory(found: dict[str, str], opts: Options) -> Plan:
+    changes, warnings = [], []
+    if found.get("helper", "").strip() == "enabled" or found.get("active", "").strip() == "active":
+        changes.append(f"disable {state.UU_HELPER} (the resident shutdown helper, 12.5 MiB)")
+    if found.get("timer", "").strip() not in ("enabled", "static"):
+        warnings.append(
+            f"{state.UPGRADE_TIMER} is {found.get('timer', '').strip() or 'missing'}: security "
+            f"updates do not install themselves (systemctl enable --now {state.UPGRADE_TIMER})"
+        )
+    return Plan(changes, warnings)
+
+
+def apply_memory(ctx: Context, plan: Plan) -> None:
+    ctx.check(["systemctl", "disable", "--now", state.UU_HELPER], f"disabling {state.UU_HELPER}")
+
+
 # ============================================================================ deploy user
 
 
@@ -701,6 +729,7 @@ STEPS: tuple[Step, ...] = (
     _step("compose", "Compose v2", read_compose, plan_compose, apply_compose),
     _step("daemon-json", "/etc/docker/daemon.json", read_daemon_json, plan_daemon_json,
           apply_daemon_json),
+    _step("memory", "memory: no idle helpers", read_memory, plan_memory, apply_memory),
     _step("user", "deploy user", read_user, plan_user, apply_user),
     _step("sshd", "sshd: keys only", read_sshd, plan_sshd, apply_sshd),
     _step("swap", "swap", read_swap, plan_swap, apply_swap),

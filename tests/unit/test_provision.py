@@ -115,6 +115,44 @@ def test_daemon_json_that_is_not_json_is_refused_not_replaced():
     assert state.merge_daemon_json("")[0]["live-restore"] is True
 
 
+# ----------------------------------------------------------------------------- memory
+
+
+@pytest.mark.parametrize(
+    "found, changes",
+    [
+        # systemctl's answers on the VPS right after apt-get install unattended-upgrades
+        pytest.param({"helper": "enabled", "active": "active", "timer": "enabled"}, 1, id="fresh"),
+        pytest.param(
+            {"helper": "disabled", "active": "inactive", "timer": "enabled"}, 0, id="done"
+        ),  # fmt: skip
+        # a bare server before the packages step (a dry run): nothing to disable yet
+        pytest.param(
+            {
+                "helper": "Failed to get unit file state for unattended-upgrades.service: "
+                "No such file or directory",
+                "active": "inactive",
+                "timer": "enabled",
+            },
+            0,
+            id="not-installed",
+        ),  # fmt: skip
+    ],
+)
+def test_the_resident_upgrade_helper_is_disabled_once(found, changes):
+    plan = steps.plan_memory(found, steps.Options())
+    assert len(plan.changes) == changes and plan.warnings == []
+    if changes:
+        assert "unattended-upgrades.service" in plan.changes[0]
+
+
+def test_upgrades_that_no_longer_run_are_warned_about():
+    found = {"helper": "disabled", "active": "inactive", "timer": "disabled"}
+    plan = steps.plan_memory(found, steps.Options())
+    assert plan.changes == []
+    assert "systemctl enable --now apt-daily-upgrade.timer" in plan.warnings[0]
+
+
 # ----------------------------------------------------------------------------- keys, sshd
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0nQ9 operator@laptop"
