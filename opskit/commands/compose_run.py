@@ -88,8 +88,9 @@ class ServiceSpec:
     def env_file(self) -> str:
         """The environment in docker's --env-file format (KEY=value, taken literally).
 
-        The keys compose blanks for the app (compose/server.yml, from the settings schema)
-        are left out altogether: a release holds only what Django reads.
+        The service reads its rendered env file (opskit/appenv.py), which holds only what
+        Django reads; a withheld key that still arrives empty (a stack that blanks them)
+        is left out altogether, so a release never holds its name.
         """
         lines = []
         for key, value in self.environment.items():

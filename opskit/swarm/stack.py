@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from opskit import appenv
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_FILE = "compose/server.yml"
 STACK_FILE = "compose/stack.yml"
@@ -439,6 +441,11 @@ def expected(root: Path = ROOT) -> str:
 # --- what a deploy sends: each service's environment, the nginx site -----------------
 
 
+def _rendered_app_env(entry) -> appenv.Service | None:
+    path = entry["path"] if isinstance(entry, dict) else str(entry)
+    return next((s for s in appenv.SERVER if s.path == path), None)
+
+
 def _env_file_var(entry) -> str:
     path = entry["path"] if isinstance(entry, dict) else str(entry)
     m = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path)
@@ -462,10 +469,13 @@ def service_environment(
     src = server["services"][name]
     out: dict[str, str] = {}
     for entry in src.get("env_file") or []:
-        var = _env_file_var(entry)
+        app = _rendered_app_env(entry)
+        var = app.sources[0].variable if app else _env_file_var(entry)
         if var not in env_files:
             raise StackError(f"{name}: env_file {var} is not one the cluster knows")
-        out.update({k: v or "" for k, v in env_files[var].items()})
+        values = {k: v or "" for k, v in env_files[var].items()}
+        # an app service's rendered file (opskit/appenv.py): only the keys Django reads
+        out.update({k: values[k] for k in appenv.keys() if k in values} if app else values)
     given = src.get("environment") or {}
     if isinstance(given, list):
         given = dict(item.split("=", 1) if "=" in item else (item, None) for item in given)

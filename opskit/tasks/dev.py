@@ -10,6 +10,7 @@ from opskit.commands import django as dj
 from opskit.commands.compose import LOCAL, target
 from opskit.tasks import setup as setup_tasks
 from opskit.tasks._common import DRY_HELP, ask, in_root, interactive, project_root, run, say
+from opskit.tasks.config import refresh_app_env
 
 BASE_IMAGE = "debian:bookworm-slim"
 DJANGO = "django"
@@ -49,6 +50,8 @@ def dev(c, port=8000, build=True, dry_run=False):
             say(f"dev: {', '.join(steps)} missing: installing with scripts/ensure.sh (needs root)")
             with in_root(c, root):
                 run(c, ["bash", "scripts/ensure.sh", *steps])
+    # Django gets only the keys it reads: rendered afresh from the env files at each start
+    refresh_app_env("local", dry_run=dry_run)
     say(f"dev: starting the local stack on port {port}")
     with in_root(c, root):
         env = {"DEV_PORT": str(port)}

@@ -21,12 +21,15 @@ from opskit.tasks._common import (
     run,
     say,
 )
+from opskit.tasks.config import refresh_app_env
 
 
 def _manage(c, env: str | None, args: list[str], *, dry_run=False, what: str) -> None:
     root = project_root()
     where = target(environment(env, root))
     say(f"{what} ({where.environment}): manage.py {' '.join(args)} in {where.django}")
+    if not where.local:  # a one-off container of the service: its env file, fresh
+        refresh_app_env("server", dry_run=dry_run)
     started = time.monotonic()
     with in_root(c, root):
         result = run(c, where.manage(args), dry_run=dry_run, warn=True, timed=False)
@@ -76,6 +79,8 @@ def superuser(c, env=None, dry_run=False):
     where = target(environment(env, root))
     values = _superuser_values(where.environment, root)
     missing = [n for n, v in values.items() if not v]
+    if not where.local:
+        refresh_app_env("server", dry_run=dry_run)
     with in_root(c, root):
         if not missing:
             argv = where.manage(dj.createsuperuser(interactive=False), env_names=dj.SUPERUSER_ENV)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from datetime import datetime
@@ -13,7 +12,8 @@ import pytest
 
 from opskit.commands import deploy as cmd
 from opskit.shell import join, sh
-from tests.harness.core import ROOT, venv_tool
+from tests.harness.appenv import compose_config, project_dir, render_server
+from tests.harness.core import ROOT
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "deploy"
 PROD = cmd.ENVIRONMENTS["production"]
@@ -495,20 +495,18 @@ def test_sh_passes_values_as_positional_parameters():
 
 def server_stack_config(tmp_path) -> dict:
     """compose/server.yml as `docker compose config` resolves it, with the env examples
-    (fake secrets): read from the file itself, so a change to it shows here."""
+    (fake secrets) and the app env files rendered from them: read from the file itself,
+    so a change to it shows here."""
     env_files = {}
     for name, example in (("production", "prod"), ("staging", "staging")):
         text = (ROOT / "config" / f"{example}.env.example").read_text()
         env_files[name] = tmp_path / f"{name}.env"
         env_files[name].write_text(re.sub(r"=CHANGE_ME$", f"=fake-{name}-secret", text, flags=re.M))
-    proc = subprocess.run(
-        [venv_tool("docker-compose"), "--project-directory", str(ROOT),
-         "--file", str(ROOT / "compose" / "server.yml"),
-         "--env-file", str(env_files["production"]), "config", "--format", "json"],
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-             "PRODUCTION_ENV_FILE": str(env_files["production"]),
-             "STAGING_ENV_FILE": str(env_files["staging"])},
-        capture_output=True, text=True, timeout=60,
+    project = project_dir(tmp_path / "project")
+    render_server(project, env_files["production"], env_files["staging"])
+    proc = compose_config(
+        project, ("compose/server.yml",), env_files["production"],
+        {"STAGING_ENV_FILE": str(env_files["staging"])},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -527,8 +525,8 @@ def test_the_server_stacks_own_service_definition(tmp_path):
         "type=volume,source=aiia_static_prod,target=/app/staticfiles",
         "type=volume,source=aiia_media_prod,target=/app/media",
     )
-    # the shared services' secrets are blanked for the app by the stack
-    assert s.environment["POSTGRES_SUPERUSER_PASSWORD"] == ""
+    # the app's environment is its rendered file: the shared services' secrets are not in it
+    assert "POSTGRES_SUPERUSER_PASSWORD" not in s.environment
     assert s.environment["ENVIRONMENT"] == "production"
 
 

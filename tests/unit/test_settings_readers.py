@@ -1,10 +1,11 @@
 """Who reads each setting: the schema's `readers` and compose/server.yml agree.
 
 Each container of the server stack gets only the keys opskit/settings.py lists its service
-as a reader of. Where a service reads a whole env file (env_file), compose blanks the rest;
-the lists are the schema's, and this test fails, printing the lists to paste, when they
-drift. The running containers are compared with the schema by the stack tier
-(tests/stack/test_least_privilege.py).
+as a reader of. The app services read a file rendered from the schema (opskit/appenv.py,
+tested in test_appenv.py); where a shared service reads a whole env file (env_file),
+compose blanks the rest: the lists are the schema's, and this test fails, printing the
+lists to paste, when they drift. The running containers are compared with the schema by
+the stack tier (tests/stack/test_least_privilege.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opskit import settings
+from opskit import appenv, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "compose" / "server.yml"
@@ -77,7 +78,7 @@ def test_backup_reads_backup_and_s3_keys_and_its_database_role():
     }
 
 
-@pytest.mark.parametrize("reader", ["django", "postgresql", "redis"])
+@pytest.mark.parametrize("reader", ["postgresql", "redis"])
 def test_compose_blanks_exactly_what_the_schema_withholds(reader):
     text = SERVER.read_text()
     block = expected_block(reader)
@@ -105,12 +106,29 @@ def test_each_service_gets_only_keys_it_reads(services, service):
             f"reading: add the reader there or drop the key from compose/server.yml"
         )
         given[name] = value
-    if svc.get("env_file"):
+    if reader == "django":
+        # no blanked names at all: only the rendered file, which holds Django's keys only
+        assert not environment, f"{service}: no environment: block, the rendered file only"
+        assert svc["env_file"] == [{"path": appenv.rendered_path(service), "format": "raw"}], (
+            f"{service} must read only its rendered file (opskit/appenv.py)"
+        )
+    elif svc.get("env_file"):
         # a whole env file: every key it may hold that the service does not read is blanked
         blanked = {k for k, v in environment.items() if v == ""}
         assert withheld <= blanked, f"{service}: not blanked: {sorted(withheld - blanked)}"
-    if reader == "django":
-        assert set(environment) == withheld and not given
     if reader == "backup":
         # the backup container reads its env file, mounted read-only (scripts/backup.sh)
         assert not environment and not svc.get("env_file")
+
+
+def test_the_local_app_reads_only_its_rendered_file():
+    local = yaml.safe_load((ROOT / "compose" / "local.yml").read_text())["services"]["django"]
+    assert local["env_file"] == [{"path": appenv.rendered_path("django"), "format": "raw"}]
+    for name in local.get("environment") or {}:
+        assert "django" in settings.KEYS[name].readers, name
+
+
+def test_no_rendered_file_enters_git_or_an_image():
+    for ignore in (".gitignore", ".dockerignore"):
+        patterns = (ROOT / ignore).read_text().split()
+        assert ".env.*" in patterns, f"{ignore} must keep .env.app/ out"

@@ -290,6 +290,14 @@ def test_dry_run_prints_and_runs_nothing(project, capsys, call):
 # --- Django management -----------------------------------------------------------------
 
 
+def server_env_files(project, environment="production") -> None:
+    """The server stack's env files, which its app env files are rendered from."""
+    (project / ".env").write_text(
+        f"ENVIRONMENT={environment}\nDJANGO_SECRET_KEY=k1\nS3_SECRET_ACCESS_KEY=s3\n"
+    )
+    (project / ".env.staging").write_text("ENVIRONMENT=staging\nDJANGO_SECRET_KEY=k2\n")
+
+
 @pytest.mark.parametrize(
     ("call", "expected"),
     [
@@ -338,13 +346,22 @@ def test_dry_run_prints_and_runs_nothing(project, capsys, call):
     ],
 )
 def test_manage_commands(project, call, expected):
+    server = COMPOSE_SERVER in expected
+    if server:
+        server_env_files(project)
     c = context(expected)
     call(c)
     assert ran(c) == [expected]
+    # a one-off container of the server stack starts with its app env file rendered afresh
+    rendered = project / ".env.app" / "django_prod.env"
+    assert rendered.is_file() == server
+    if server:
+        assert "DJANGO_SECRET_KEY=k1" in rendered.read_text()
+        assert "S3_SECRET_ACCESS_KEY" not in rendered.read_text()
 
 
 def test_env_defaults_to_the_environment_of_dot_env(project):
-    (project / ".env").write_text("ENVIRONMENT=staging\n")
+    server_env_files(project, "staging")
     expected = f"{COMPOSE_SERVER} {ONE_OFF} django_staging python manage.py migrate --noinput"
     c = context(expected)
     django.migrate(c)
@@ -392,7 +409,8 @@ def test_superuser_environment_wins_over_the_file(project, monkeypatch):
         " django python", " django_prod python"
     )
     c = context(expected)
-    # no production env file is needed when the environment holds all three
+    # the file's DJANGO_SUPERUSER_* are not read when the environment holds all three
+    server_env_files(project)
     django.superuser(c, env="production")
     assert ran(c) == [expected]
     assert c.run.call_args.kwargs["env"]["DJANGO_SUPERUSER_PASSWORD"] == "from-the-environment"
