@@ -117,6 +117,7 @@ trap 'printf "deploy.sh: interrupted; the deploy cleans up and stops\n" >&2' INT
 # prints this list when the engine's scripts change
 ENGINE_SCRIPTS="
 09e144403e885f49d88e410c959750592e31194771c33a5bb0649691e9ec5aad
+65df3517f97b69b3c544a76c4a8dba512adcd918acf738d04b332c09470676db
 71b1146502890f51917621e8643d0b53c2fffff49b8e2e8b5f5d6f996bb58946
 a0961756cf272b9a7092dfe395fd475b1eb654a3a1cdf28f2406b69f2752d4bc
 ac5318568df7d93b64ce43361752db8150fcc6d7cb51c41f32f755a0b38626b0

@@ -335,6 +335,16 @@ def rename(old: str, new: str) -> list[str]:
     return ["docker", "rename", old, new]
 
 
+def write_private(path: str) -> list[str]:
+    """Replace a file by stdin, mode 0600 in a folder it makes 0700: the app's rendered
+    env file (opskit/appenv.py), which compose reads when it starts the service."""
+    return sh(
+        'set -eu; umask 077; mkdir -p -- "$(dirname -- "$1")"; '
+        'cat > "$1.tmp"; mv -f -- "$1.tmp" "$1"',
+        path,
+    )
+
+
 def append_line(path: str) -> list[str]:
     """Write stdin to a file (creating its directory); for the transcript."""
     return sh('set -eu; mkdir -p -- "$(dirname -- "$1")"; cat >> "$1"', path)

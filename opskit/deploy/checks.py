@@ -9,6 +9,7 @@ import socket
 
 from dotenv import dotenv_values
 
+from opskit import appenv
 from opskit import settings as settings_mod
 from opskit.backup.commands import backup_script
 from opskit.commands import checkout as co
@@ -163,6 +164,7 @@ class Checks:
         stack = cmd.Stack.from_labels(s.served_labels) or cmd.Stack(
             files=(p.stack_file,), directory=p.stack_dir
         )
+        self._render_app_env(stack, env_text.stdout)
         conf = self.r.ask(cmd.compose_config(stack, env.service))
         if not conf.ok:
             raise DeployError(
@@ -189,6 +191,21 @@ class Checks:
             f"docker {docker.stdout.strip()}, compose {compose.stdout.strip()}, "
             f"serving {s.served} ({s.served_release})" + (f"; {removed}" if removed else "")
         )
+
+    def _render_app_env(self, stack: cmd.Stack, env_text: str) -> None:
+        """The service's rendered env file (only the keys Django reads), from the env file
+        just checked: compose reads it for the release and for every later `up`."""
+        service = self.env.service
+        if not any(a.name == service for a in appenv.SERVER):
+            return
+        path = f"{stack.directory.rstrip('/')}/{appenv.rendered_path(service)}"
+        try:
+            text = appenv.render(appenv.parse(env_text), source=self.env.env_file)
+        except appenv.AppEnvError as exc:
+            raise DeployError("pre-flight failed", detail=str(exc)) from None
+        res = self.r.run(cmd.write_private(path), stdin=text)
+        if not res.ok:
+            raise DeployError(f"cannot write the app's env file {path}: {res.tail(2)}")
 
     def _checkout_clean(self, s: State) -> list[str]:
         """The checkout will follow the release: it must hold no local change to lose."""

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from opskit import certs
+from opskit import appenv, certs
 from opskit import environments as envs
+from opskit.commands import deploy as deploy_cmd
 from opskit.provision import envfiles, state
 from opskit.provision.cron import cron_jobs
 from opskit.provision.state import CronJob, StateError
@@ -38,6 +39,8 @@ DOCKER_REPO = "https://download.docker.com/linux"
 UP_TIMEOUT_S = 300
 SERVICES = ("postgresql", "pgbouncer", "redis", "django_prod", "django_staging", "nginx")
 APP_SERVICES = {name: envs.SERVERS[name].service for name in envs.SERVER_NAMES}
+# app service -> the environment whose checkout's .env its rendered env file comes from
+APP_ENV_SOURCES = {service: env for env, service in APP_SERVICES.items()}
 
 
 class SetupError(RuntimeError):
@@ -540,6 +543,49 @@ def apply_env_files(ctx: Context, plan: Plan) -> None:
         ctx.check(ctx.as_user(["ln", "-sfn", want, link]))
 
 
+# ============================================================================ app env files
+
+
+def read_app_env(ctx: Context) -> dict[str, tuple[str | None, str | None]]:
+    """Each app service: its env file's text and its rendered file's (None: missing)."""
+    out = {}
+    for service, env in APP_ENV_SOURCES.items():
+        source = ctx.r.run(["cat", f"{ctx.opts.path(env)}/.env"])
+        have = ctx.r.run(["cat", _app_env_path(ctx.opts, service)])
+        out[service] = (source.stdout if source.ok else None, have.stdout if have.ok else None)
+    return out
+
+
+def plan_app_env(files: dict, opts: Options) -> Plan:
+    """Render what is missing or older than its env file (opskit/appenv.py)."""
+    todo = []
+    for service, (source, have) in files.items():
+        env = APP_ENV_SOURCES[service]
+        if source is None or have != appenv.render(
+            appenv.parse(source), source=f"{opts.path(env)}/.env"
+        ):
+            todo.append(service)
+    changes = [
+        f"render {_app_env_path(opts, s)}: only the keys Django reads, mode 0600" for s in todo
+    ]
+    return Plan(changes, data=todo)
+
+
+def apply_app_env(ctx: Context, plan: Plan) -> None:
+    for service in plan.data:
+        source = f"{ctx.opts.path(APP_ENV_SOURCES[service])}/.env"
+        text = appenv.render(appenv.parse(ctx.check(["cat", source]).stdout), source=source)
+        path = _app_env_path(ctx.opts, service)
+        res = ctx.r.run(ctx.as_user(deploy_cmd.write_private(path)), stdin=text)
+        if not res.ok:
+            raise SetupError(f"writing {path} failed: {res.tail(2)}")
+
+
+def _app_env_path(opts: Options, service: str) -> str:
+    # compose's project directory is the production checkout (docker-compose.yml there)
+    return f"{opts.path('production')}/{appenv.rendered_path(service)}"
+
+
 # ============================================================================ images
 
 
@@ -736,6 +782,7 @@ STEPS: tuple[Step, ...] = (
     _step("firewall", "firewall", read_firewall, plan_firewall, apply_firewall),
     _step("checkouts", "checkouts", read_checkouts, plan_checkouts, apply_checkouts),
     _step("env-files", "env files", read_env_files, plan_env_files, apply_env_files),
+    _step("app-env", "the app's env files", read_app_env, plan_app_env, apply_app_env),
     _step("images", "images", read_images, plan_images, apply_images),
     _step("up", "first up, health-gated", read_stack, plan_stack, apply_stack),
     _step("migrations", "migrations", read_migrations, plan_migrations, apply_migrations),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from invoke import MockContext, Result
 
+from opskit import appenv, settings
 from opskit import deploy as engine
 from opskit.backup.commands import backup_script
 from opskit.commands import checkout as co
@@ -85,6 +86,7 @@ class Server:
             join(cmd.docker_version()): ok("20.10.24\n"),
             join(cmd.compose_version()): ok("2.40.3\n"),
             join(cmd.read_file(env.env_file)): ok(env_text(env.name)),
+            join(cmd.write_private(f"/srv/prod/.env.app/{env.service}.env")): ok(),
             join(cmd.compose_config(cmd.Stack((STACK,), "/srv/prod"), env.service)): ok(
                 config_json()
             ),
@@ -229,6 +231,24 @@ def test_secrets_go_on_stdin_and_never_into_a_command_line():
         ctx, cmd.run_release(PROD, server.spec, RELEASE, PROD.release_image(RELEASE), IMAGE)
     )
     assert started == [server.spec.env_file()]
+
+
+def test_the_app_env_file_is_rendered_from_the_checked_env_file_before_compose_reads_it():
+    env = PROD
+    server = Server(env)
+    outcome, ctx, lines = deploy(server)
+    assert outcome.ok, "\n".join(lines)
+    write = cmd.write_private(f"/srv/prod/.env.app/{env.service}.env")
+    (text,) = stdin_of(ctx, write)
+    values = appenv.parse(env_text(env.name))
+    assert text == appenv.render(values, source=env.env_file)
+    names = {line.split("=", 1)[0] for line in text.splitlines() if not line.startswith("#")}
+    assert names == set(settings.keys_for("django")) & set(values)
+    assert f"ENVIRONMENT={env.name}" in text.splitlines()
+    sent = commands(ctx)
+    assert sent.index(join(write)) < sent.index(
+        join(cmd.compose_config(cmd.Stack((STACK,), "/srv/prod"), env.service))
+    )
 
 
 def test_the_upstream_is_written_twice_release_name_then_stable_name():

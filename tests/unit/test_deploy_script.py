@@ -36,6 +36,7 @@ def engine_scripts() -> list[str]:
         cmd.git_resolve("/srv/p", "main"),
         cmd.git_archive("/srv/p", "a" * 40, "/srv/p/.deploy/build/x"),
         cmd.append_line("/srv/p/logs/x.log"),
+        cmd.write_private("/srv/p/.env.app/django_prod.env"),
         history.append("/srv/p/.deploy/history"),
         history.read("/srv/p/.deploy/history"),
     ]

@@ -323,3 +323,24 @@ def test_pending_migrations_from_showmigrations_plan():
         {"production": [], "staging": ["core.0002_notes"]}, steps.Options()
     )
     assert plan.changes == ["migrate staging (1 pending)"] and plan.data == ["staging"]
+
+
+def test_app_env_files_are_rendered_when_missing_or_older_than_the_env_file():
+    from opskit import appenv
+
+    opts = steps.Options(user="ubuntu")
+    prod = "ENVIRONMENT=production\nDJANGO_SECRET_KEY=k\nS3_SECRET_ACCESS_KEY=s3\n"
+    staging = "ENVIRONMENT=staging\nDJANGO_SECRET_KEY=k2\n"
+    fresh = appenv.render(appenv.parse(staging), source=f"{STAGING}/.env")
+    plan = steps.plan_app_env(
+        {"django_prod": (prod, None), "django_staging": (staging, fresh)}, opts
+    )
+    assert plan.data == ["django_prod"]
+    assert plan.changes == [
+        f"render {PROD}/.env.app/django_prod.env: only the keys Django reads, mode 0600"
+    ]
+    # an env file not written yet (a dry run of a first setup): rendered after it
+    plan = steps.plan_app_env({"django_prod": (None, None), "django_staging": (staging, "x")}, opts)
+    assert plan.data == ["django_prod", "django_staging"]
+    assert steps.STEP_NAMES.index("app-env") == steps.STEP_NAMES.index("env-files") + 1
+    assert steps.STEP_NAMES.index("app-env") < steps.STEP_NAMES.index("images")
