@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opskit import appenv
 from opskit.commands import deploy as cmd
 from tests.harness.core import (
     ROOT,
@@ -307,6 +308,8 @@ def start_stack(base: Path, project: str, prod: Path, http_port: int, https_port
         env.pop(name, None)
     compose = ["docker", "compose", "-p", project, "--project-directory", str(prod), "-f",
                str(prod / "docker-compose.yml")]  # fmt: skip
+    # the app services' env files, as `fab setup` renders them (deploys then keep them fresh)
+    appenv.refresh(prod, appenv.SERVER, {})
     run([*compose, "build"], env=env, timeout=1800)
     # the pre-deploy backup's image (a `tools` profile service: built when named)
     run([*compose, "build", "backup"], env=env, timeout=1800)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from opskit import appenv, settings
 from opskit.commands import deploy as cmd
 from opskit.shell import join
 from tests.harness.core import ROOT, wait_until
@@ -52,6 +53,27 @@ def release_containers(env: str) -> list[str]:
     prefix = "aiia_django_prod_" if env == "production" else "aiia_django_staging_"
     names = ds.run(["docker", "ps", "-a", "--format", "{{.Names}}"]).stdout.split()
     return [n for n in names if n.startswith(prefix)]
+
+
+def container_env(name: str) -> dict[str, str]:
+    out = ds.run(["docker", "inspect", "--format", "{{json .Config.Env}}", name]).stdout
+    return dict(item.partition("=")[::2] for item in json.loads(out) or [])
+
+
+def assert_only_djangos_keys(container: str, env_file: Path, rendered: Path) -> None:
+    """A release started by a deploy: not even the name of a key Django does not read, and
+    the rendered file compose reads is the env file's Django keys, mode 0600."""
+    env = container_env(container)
+    named = set(env) & set(settings.withheld_from("django"))
+    assert not named, f"{container} has the withheld names {sorted(named)}"
+    values = appenv.parse(env_file.read_text())
+    assert env["DJANGO_SECRET_KEY"] == values["DJANGO_SECRET_KEY"]
+    assert rendered.stat().st_mode & 0o777 == 0o600
+
+    def settings_lines(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    assert settings_lines(rendered.read_text()) == settings_lines(appenv.render(values))
 
 
 def report(capsys, *lines: str) -> None:
@@ -106,6 +128,9 @@ def test_deploy_of_a_new_build_under_load_drops_no_request(server, v2_image, cap
         ]
     ).stdout
     assert ps.split() == ["aiia_django_prod"]
+    assert_only_djangos_keys(
+        "aiia_django_prod", server.prod / ".env", server.prod / ".env.app" / "django_prod.env"
+    )
     # the peak is when two production releases run side by side
     assert memory.overlap_samples > 0, "the sampler never saw both releases at once"
     assert any(n.startswith("aiia_django_prod_") for n in memory.peak_at), memory.report()
@@ -397,6 +422,9 @@ def test_hostile_input_changes_nothing_outside_its_meaning(server, v2_image, cap
 
 def test_the_guides_deploy_script_on_the_server(server, v2_image, capsys):
     """`bash scripts/deploy.sh staging` in the checkout, as the guide's manual path."""
+    # the deploy renders staging's app env file itself, from the env file it checks
+    rendered = server.prod / ".env.app" / "django_staging.env"
+    rendered.unlink()
     with server.ssh.connection() as c:
         res = c.run(
             f"cd {server.staging} && bash scripts/deploy.sh staging --image {v2_image} "
@@ -422,6 +450,7 @@ def test_the_guides_deploy_script_on_the_server(server, v2_image, capsys):
     entry = server.deploy_log("staging")[-1]
     assert entry["result"] == "ok" and entry["who"].endswith("(scripts/deploy.sh)")
     assert server.version("staging") == "v2"
+    assert_only_djangos_keys("aiia_django_staging", server.staging / ".env", rendered)
 
 
 # --- every client kind through each way nginx's target or configuration changes -------

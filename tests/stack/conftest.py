@@ -27,6 +27,7 @@ from tests.stack.stackkit import (
     env_from_example,
     letsencrypt_dir,
     remove_leftover_test_stacks,
+    render_app_env,
     write_private,
 )
 from tests.stack.stackkit import (
@@ -80,6 +81,7 @@ def server_stack(docker_engine, stack_lock, tmp_path_factory) -> Iterator[Server
             "HTTPS_PUBLISH": f"127.0.0.1:{https_port}",
         },
     )
+    render_app_env(compose.variables)
     started = time.monotonic()
     compose.run("build", timeout=BUILD_TIMEOUT_S)
     build_s = time.monotonic() - started

@@ -115,6 +115,14 @@ class Compose:
         return proc.stdout[-20000:] + proc.stderr[-2000:]
 
 
+def render_app_env(variables: dict[str, str], stack=None) -> None:
+    """The app services' env files (.env.app/ in the checkout, opskit/appenv.py) from the
+    env files `variables` name, as `inv dev`, `fab setup` and deploys render them."""
+    from opskit import appenv
+
+    appenv.refresh(ROOT, stack or appenv.SERVER, {**os.environ, **variables})
+
+
 def env_from_example(example: Path, **overrides: str) -> str:
     """The example env file with every CHANGE_ME replaced by a fresh secret."""
     lines = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from opskit import appenv, settings
 from tests.harness.core import free_port, venv_tool, wait_until
 from tests.stack.stackkit import (
     TEST_PROJECT_PREFIX,
@@ -95,6 +97,21 @@ def test_app_answers_on_the_dev_port(dev_stack):
     assert {"POSTGRES_DB=aiia_dev", "POSTGRES_USER=aiia_dev", "POSTGRES_HOST=postgresql"} <= set(
         env
     )
+
+
+def test_the_app_container_holds_only_the_keys_django_reads(dev_stack):
+    """`inv dev` rendered .env.app/django.env from the example and the fresh .env: the
+    container has the generated secret key, and not even the name of a withheld key (the
+    superuser password `inv setup` generated, S3, backup, webhook)."""
+    django = dev_stack.compose.run("ps", "-q", "django").stdout.strip()
+    env = dict(e.partition("=")[::2] for e in container_state(django)["Config"]["Env"])
+    withheld = set(settings.withheld_from("django"))
+    assert not withheld & set(env), sorted(withheld & set(env))
+    dot_env = appenv.parse((dev_stack.clone / ".env").read_text())
+    assert dot_env["DJANGO_SUPERUSER_PASSWORD"]  # inv setup made one: it stays out
+    assert env["DJANGO_SECRET_KEY"] == dot_env["DJANGO_SECRET_KEY"]
+    rendered = dev_stack.clone / ".env.app" / "django.env"
+    assert stat.S_IMODE(rendered.stat().st_mode) == 0o600
 
 
 def test_pages_reading_the_database_answer_at_once(dev_stack):

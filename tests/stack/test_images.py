@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from opskit import appenv
+from tests.harness.appenv import compose_config, project_dir, render_server
 from tests.harness.core import ROOT, venv_tool
 from tests.stack.stackkit import (
-    LOCAL_COMPOSE,
     SERVER_COMPOSE,
     Compose,
     build_variables,
     docker,
     dockerfiles,
     env_from_example,
+    render_app_env,
     write_private,
 )
 
@@ -85,17 +87,18 @@ def test_compose_files_are_valid(tmp_path):
     staging_env = write_private(
         tmp_path / "staging.env", env_from_example(ROOT / "config" / "staging.env.example")
     )
-    server = Compose(
-        "aiia_test_config",
-        (SERVER_COMPOSE,),
-        env_file=prod_env,
-        variables={"PRODUCTION_ENV_FILE": str(prod_env), "STAGING_ENV_FILE": str(staging_env)},
+    # in a project directory of its own: the checkout's .env.app/ is left alone
+    project = project_dir(tmp_path / "project")
+    render_server(project, prod_env, staging_env)
+    server = compose_config(
+        project, ("docker-compose.yml",), prod_env, {"STAGING_ENV_FILE": str(staging_env)}
     )
-    server.run("config", "-q")
+    assert server.returncode == 0 and server.stdout, server.stderr
     # a fresh clone has no .env: the local stack still resolves, from the example alone
-    local = Compose("aiia_test_config_local", (LOCAL_COMPOSE,), env_file=tmp_path / "none.env")
-    (tmp_path / "none.env").write_text("")
-    local.run("config", "-q")
+    # (what `inv dev` renders first)
+    appenv.refresh(project, appenv.LOCAL, {})
+    local = compose_config(project, ("docker-compose.local.yml",), None, {})
+    assert local.returncode == 0 and local.stdout, local.stderr
 
 
 def test_server_stack_refuses_a_missing_secret(tmp_path):
@@ -145,6 +148,7 @@ def test_extra_ca_reaches_pip_but_no_layer(tmp_path, docker_engine):
             "STAGING_ENV_FILE": str(prod_env),
         },
     )
+    render_app_env(compose.variables)
     try:
         # no cache: the secret is not part of BuildKit's cache key, a cached RUN never saw it
         compose.run("build", "--no-cache", "django_prod", timeout=1800)

@@ -3,7 +3,8 @@
 `docker inspect` lists every variable of each container; the image's own (PATH, LANG,
 the image's defaults) are told apart by `docker image inspect`. Every other variable that
 holds a value must be a key of opskit/settings.py whose readers name the container's
-service. The table is printed: what each container holds, and what compose blanked.
+service. The app containers read a rendered env file and hold no withheld name at all,
+empty or not. The table is printed: what each container holds, and what compose blanked.
 Public /health/ through nginx shows the status only.
 """
 
@@ -69,6 +70,9 @@ def test_each_container_holds_only_the_keys_its_service_reads(server_stack):
         expected = {n for n in held if settings.schema_key(reader, n) in settings.keys_for(reader)}
         assert held == expected
         if reader == "django":
+            # the rendered env file (opskit/appenv.py): not even the name of a withheld key
+            named = set(env) & set(settings.withheld_from("django"))
+            assert not named, f"{container} has the withheld names {sorted(named)}"
             assert not held & NEVER_IN_THE_APP, sorted(held & NEVER_IN_THE_APP)
             assert {"DJANGO_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD"} <= held
         rows.append((container, sorted(held), blanked))

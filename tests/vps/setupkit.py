@@ -13,6 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from opskit import appenv
 from tests.harness.core import ROOT
 from tests.stack.stackkit import env_from_example, host_ca_bundle, write_private
 
@@ -40,6 +41,8 @@ def compose_env(base: Path) -> dict[str, str]:
            "PRODUCTION_ENV_FILE": str(prod), "STAGING_ENV_FILE": str(staging)}  # fmt: skip
     for name in ("COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES"):
         env.pop(name, None)
+    # compose loads the app services' rendered env files (opskit/appenv.py) even to build
+    appenv.refresh(ROOT, appenv.SERVER, env)
     return env
 
 
