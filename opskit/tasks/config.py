@@ -44,9 +44,9 @@ def refresh_app_env(stack: str, *, dry_run: bool = False) -> None:
         if r.changed:
             sources = ", then ".join(str(p) for p in r.sources)
             say(
-                f"render-env: {r.path.relative_to(root)} from {sources}: "
-                f"{len(appenv.keys())} keys Django reads at most, "
-                f"{len(r.left_out)} left out ({' '.join(r.left_out) or 'none'})"
+                f"render-env: wrote {r.path.relative_to(root)} from {sources} "
+                f"(mode 0600); left out, Django does not read them: "
+                f"{' '.join(r.left_out) or 'nothing'}"
             )
 
 
