@@ -85,10 +85,15 @@ def parse(text: str) -> dict[str, str]:
 
 
 def render(values: Mapping[str, str], *, source: str = "the env file") -> str:
-    """The rendered file: Django's keys present in `values`, in schema order, nothing else."""
+    """The rendered file: Django's keys present in `values`, in schema order, nothing else.
+
+    The same values give the same text whoever renders (inv, fab setup, a deploy), so a
+    file is rewritten, and reported stale, only when a value changed. `source` names the
+    env file in errors.
+    """
     lines = [
-        f"# rendered from {source} by `{FIX}`: only the keys Django reads",
-        "# (opskit/settings.py); edit the env file, never this one",
+        "# only the keys Django reads (opskit/settings.py), rendered from the env file by",
+        f"# opskit/appenv.py: edit the env file, then `{FIX}` (fab setup and deploys do too)",
     ]
     for key in keys():
         if key not in values:

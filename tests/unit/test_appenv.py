@@ -39,6 +39,13 @@ def test_a_full_env_file_renders_to_djangos_keys_only_in_schema_order():
     assert sorted(appenv.left_out(values)) == sorted(set(values) - DJANGO)
 
 
+def test_whoever_renders_writes_the_same_text():
+    # inv (a relative path), fab setup and a deploy (absolute paths) must agree, or each
+    # would call the others' file stale
+    values = appenv.parse(filled("staging.env.example"))
+    assert appenv.render(values, source=".env") == appenv.render(values, source="/srv/s/.env")
+
+
 def test_values_are_written_as_they_are_and_a_line_break_is_refused():
     text = appenv.render({"DJANGO_SECRET_KEY": "a$b 'c' \"d\" #e", "SITE_DOMAIN": ""})
     assert "DJANGO_SECRET_KEY=a$b 'c' \"d\" #e\n" in text
