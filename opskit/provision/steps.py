@@ -560,11 +560,12 @@ def plan_app_env(files: dict, opts: Options) -> Plan:
     """Render what is missing or older than its env file (opskit/appenv.py)."""
     todo = []
     for service, (source, have) in files.items():
-        env = APP_ENV_SOURCES[service]
-        if source is None or have != appenv.render(
-            appenv.parse(source), source=f"{opts.path(env)}/.env"
-        ):
-            todo.append(service)
+        path = f"{opts.path(APP_ENV_SOURCES[service])}/.env"
+        try:
+            if source is None or have != appenv.render(appenv.parse(source), source=path):
+                todo.append(service)
+        except appenv.AppEnvError as exc:
+            raise SetupError(f"{exc} (then run setup again)") from None
     changes = [
         f"render {_app_env_path(opts, s)}: only the keys Django reads, mode 0600" for s in todo
     ]

@@ -344,3 +344,5 @@ def test_app_env_files_are_rendered_when_missing_or_older_than_the_env_file():
     assert plan.data == ["django_prod", "django_staging"]
     assert steps.STEP_NAMES.index("app-env") == steps.STEP_NAMES.index("env-files") + 1
     assert steps.STEP_NAMES.index("app-env") < steps.STEP_NAMES.index("images")
+    with pytest.raises(steps.SetupError, match=r"/\.env: DJANGO_SECRET_KEY: a value with a line"):
+        steps.plan_app_env({"django_prod": ('DJANGO_SECRET_KEY="a\nb"\n', None)}, opts)
