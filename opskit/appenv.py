@@ -115,13 +115,17 @@ def left_out(values: Mapping[str, str]) -> list[str]:
 
 
 def _compose_variable(root: Path, name: str, environ: Mapping[str, str]) -> str:
-    """A variable as compose interpolates it: the process's environment, then .env."""
+    """A variable as compose interpolates it: the process's environment, then the files of
+    COMPOSE_ENV_FILES (later ones win), else the project's .env."""
     if environ.get(name):
         return environ[name]
-    dot = root / ".env"
-    if dot.is_file():
-        return parse(dot.read_text(encoding="utf-8")).get(name, "")
-    return ""
+    listed = [f for f in environ.get("COMPOSE_ENV_FILES", "").split(",") if f]
+    value = ""
+    for f in listed or [".env"]:
+        path = Path(f) if Path(f).is_absolute() else root / f
+        if path.is_file():
+            value = parse(path.read_text(encoding="utf-8")).get(name, value)
+    return value
 
 
 def source_path(root: Path, source: Source, environ: Mapping[str, str]) -> Path:

@@ -93,6 +93,10 @@ def test_the_staging_file_is_found_as_compose_finds_it(tmp_path):
     assert "SITE_DOMAIN=from-a" in appenv.compose_text(tmp_path, staging, {})[0]
     environ = {"STAGING_ENV_FILE": str(tmp_path / "b.env")}
     assert "SITE_DOMAIN=from-b" in appenv.compose_text(tmp_path, staging, environ)[0]
+    # COMPOSE_ENV_FILES stands for .env in compose's interpolation
+    (tmp_path / "other.env").write_text("STAGING_ENV_FILE=b.env\n")
+    environ = {"COMPOSE_ENV_FILES": str(tmp_path / "other.env")}
+    assert "SITE_DOMAIN=from-b" in appenv.compose_text(tmp_path, staging, environ)[0]
 
 
 def test_local_merges_the_example_and_dot_env_like_compose(tmp_path):
