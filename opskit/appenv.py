@@ -149,7 +149,7 @@ def compose_text(root: Path, service: Service, environ: Mapping[str, str]) -> tu
     used: list[Path] = []
     for src in service.sources:
         path = source_path(root, src, environ)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():  # /dev/null is a file to compose
             if not src.required:
                 continue
             named = f" ({src.variable})" if src.variable else ""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from opskit import appenv
 from tests.harness.core import ROOT, wait_until
 from tests.harness.vps import VPS, Cluster
 from tests.stack.stackkit import env_from_example, host_ca_bundle
@@ -76,6 +77,8 @@ def build_images() -> dict[str, str]:
         "PRODUCTION_ENV_FILE": "/dev/null",
         "STAGING_ENV_FILE": "/dev/null",
     }
+    # compose loads the app services' rendered env files (opskit/appenv.py) even to build
+    appenv.refresh(ROOT, appenv.SERVER, env)
     proc = subprocess.run(
         ["docker", "compose", "-f", "compose/server.yml", "--project-directory", ".",
          "--profile", "tools", "build", "django_prod", "nginx", "postgresql", "pgbouncer",
