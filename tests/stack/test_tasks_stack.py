@@ -103,6 +103,26 @@ def statuses(proc: subprocess.CompletedProcess) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
+def login(container: str, username: str, password: str) -> subprocess.CompletedProcess:
+    """Django's authenticate() in `container`: prints "LOGIN <is a superuser> <email>".
+
+    The password reaches the probe through its environment, never its argv.
+    """
+    return subprocess.run(
+        [
+            *("docker", "exec", "-e", "PROBE_PASSWORD", container),
+            *("python", "manage.py", "shell", "-c"),
+            "import os; from django.contrib.auth import authenticate; "
+            f"u = authenticate(username={username!r}, password=os.environ['PROBE_PASSWORD']); "
+            "print('LOGIN', u is not None and u.is_superuser, u and u.email)",
+        ],
+        env={**os.environ, "PROBE_PASSWORD": password},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture(scope="module")
 def local_checkout(docker_engine, tmp_path_factory) -> Iterator[Checkout]:
     path = fresh_copy(tmp_path_factory.mktemp("tasks-checkout"))
@@ -149,21 +169,8 @@ def test_operator_sequence_on_the_local_stack(local_checkout):
     again = checkout.ok("superuser")
     assert "admin exists already; unchanged" in again.stderr
     # the password reaches the probe through its environment, as it reached createsuperuser
-    login = subprocess.run(
-        [
-            *("docker", "exec", "-e", "PROBE_PASSWORD"),
-            service_container(project, "django"),
-            *("python", "manage.py", "shell", "-c"),
-            "import os; from django.contrib.auth import authenticate; "
-            "u = authenticate(username='admin', password=os.environ['PROBE_PASSWORD']); "
-            "print('LOGIN', u is not None and u.is_superuser, u and u.email)",
-        ],
-        env={**os.environ, "PROBE_PASSWORD": password},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "LOGIN True admin@localhost" in login.stdout, login.stderr
+    probe = login(service_container(project, "django"), "admin", password)
+    assert "LOGIN True admin@localhost" in probe.stdout, probe.stderr
 
     checked = checkout.ok("check")
     assert "System check identified no issues" in checked.stdout
@@ -275,20 +282,8 @@ def test_migrate_superuser_and_deploy_checks_in_production(server_checkout):
     created = admin.ok("superuser", "--env", "production")
     assert "Superuser created successfully." in created.stdout
     assert password not in created.stdout + created.stderr
-    login = subprocess.run(
-        [
-            *("docker", "exec", "-e", "PROBE_PASSWORD", SERVER_CONTAINERS["django_prod"]),
-            *("python", "manage.py", "shell", "-c"),
-            "import os; from django.contrib.auth import authenticate; "
-            "u = authenticate(username='ops', password=os.environ['PROBE_PASSWORD']); "
-            "print('LOGIN', u is not None and u.is_superuser)",
-        ],
-        env={**os.environ, "PROBE_PASSWORD": password},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "LOGIN True" in login.stdout, login.stderr
+    probe = login(SERVER_CONTAINERS["django_prod"], "ops", password)
+    assert "LOGIN True" in probe.stdout, probe.stderr
 
 
 def test_monitor_once_lists_the_server_containers(server_checkout):
