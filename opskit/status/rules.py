@@ -120,26 +120,27 @@ def evaluate(readings: Iterable[Reading], state: Mapping[str, Mapping], now: flo
 # --- the rules of the guide and DESIGN.md, from one run's figures -----------------------
 
 
+def _hysteresis(
+    key: str, value: float, raise_above: float, clear_below: float, text: str, for_s: float = 0.0
+) -> Reading:
+    """Bad above `raise_above`; once firing, clear only below `clear_below` (no flapping)."""
+    return Reading(key, value > raise_above, text, good=value < clear_below, for_s=for_s)
+
+
 def cpu(percent: float) -> Reading:
-    return Reading(
-        "cpu",
-        percent > CPU_RAISE,
+    text = (
         f"CPU {percent:.0f} % of the box (alert above {CPU_RAISE:g} % for 5 min, "
-        f"clears below {CPU_CLEAR:g} %)",
-        good=percent < CPU_CLEAR,
-        for_s=WINDOW_S,
+        f"clears below {CPU_CLEAR:g} %)"
     )
+    return _hysteresis("cpu", percent, CPU_RAISE, CPU_CLEAR, text, for_s=WINDOW_S)
 
 
 def memory(used_mb: float) -> Reading:
-    return Reading(
-        "memory",
-        used_mb > MEMORY_RAISE_MB,
+    text = (
         f"memory {used_mb:.0f} MB in use on the box, daemons included (alert above "
-        f"{MEMORY_RAISE_MB:g} MB for 5 min, clears below {MEMORY_CLEAR_MB:g} MB)",
-        good=used_mb < MEMORY_CLEAR_MB,
-        for_s=WINDOW_S,
+        f"{MEMORY_RAISE_MB:g} MB for 5 min, clears below {MEMORY_CLEAR_MB:g} MB)"
     )
+    return _hysteresis("memory", used_mb, MEMORY_RAISE_MB, MEMORY_CLEAR_MB, text, for_s=WINDOW_S)
 
 
 def errors(requests: int, errors_5xx: int) -> Reading:
@@ -176,12 +177,10 @@ def certificate(days: int, name: str) -> Reading:
 
 
 def disk(percent: float) -> Reading:
-    return Reading(
-        "disk",
-        percent > DISK_RAISE,
-        f"disk {percent:.0f} % full (alert above {DISK_RAISE:g} %, clears below {DISK_CLEAR:g} %)",
-        good=percent < DISK_CLEAR,
+    text = (
+        f"disk {percent:.0f} % full (alert above {DISK_RAISE:g} %, clears below {DISK_CLEAR:g} %)"
     )
+    return _hysteresis("disk", percent, DISK_RAISE, DISK_CLEAR, text)
 
 
 def backup(age_h: float | None) -> Reading:
