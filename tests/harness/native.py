@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -77,12 +78,35 @@ def _owned_tmpdir(prefix: str, owner: pwd.struct_passwd) -> Path:
     return path
 
 
+@contextmanager
+def _owned_root(prefix: str, owner: pwd.struct_passwd, conf: Path) -> Iterator[Path]:
+    """A server's fresh root (see _owned_tmpdir) with `conf` copied to root/conf for
+    `owner`, removed with everything in it afterwards."""
+    root = _owned_tmpdir(prefix, owner)
+    try:
+        _copy_owned(conf, root / "conf", owner)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _private_dir(path: Path, owner: pwd.struct_passwd) -> Path:
+    """A 0700 directory of `owner`'s (a socket's or a rendered secret's)."""
+    path.mkdir(mode=0o700)
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    return path
+
+
 def _copy_owned(src: Path, dst: Path, owner: pwd.struct_passwd) -> Path:
     """Copy a config folder of the repo for the service's OS user (the repo may be private)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("Dockerfile", "*.md"))
     for path in [dst, *dst.rglob("*")]:
         os.chown(path, owner.pw_uid, owner.pw_gid)
     return dst
+
+
+def _new_password() -> str:
+    return secrets.token_urlsafe(24)
 
 
 def _write_secret(path: Path, text: str, owner: pwd.struct_passwd) -> Path:
@@ -116,35 +140,75 @@ def _run(argv: list[str], *, what: str, **kwargs) -> subprocess.CompletedProcess
     return proc
 
 
-@dataclass
-class PostgresServer:
-    """PostgreSQL 15 started by postgres/docker-entrypoint.sh with postgres/*.conf."""
+@dataclass(kw_only=True)
+class NativeServer(Started):
+    """A server run natively from its own directory `root`: the copy of its repo folder
+    in root/conf, its output in root/LOG_NAME; `with server:` starts and stops it."""
 
-    host: str
-    port: int
-    superuser_password: str
-    pgbouncer_auth_password: str
     root: Path
-    owner: pwd.struct_passwd
-    superuser: str = "postgres"
+    host: str = "127.0.0.1"
     service: Service | None = field(default=None, repr=False)
+
+    LOG_NAME: ClassVar[str]
+    CONF_NAME: ClassVar[str]  # its main config file in confdir
+    # how it stops: the signal of its fast but clean shutdown, and the seconds that may take
+    STOP: ClassVar[tuple[int, float]] = (signal.SIGTERM, 15)
+
+    @property
+    def confdir(self) -> Path:
+        """The copy of the server's folder of the repo (postgres/, redis/ ...) that it reads."""
+        return self.root / "conf"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.confdir / self.CONF_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / self.LOG_NAME
+
+    @property
+    def run_dir(self) -> Path:
+        """What it makes while it runs: sockets, pid file, rendered secrets (0700)."""
+        return self.root / "run"
+
+    def serve(self, argv: list[str], ready, *, timeout: float, what: str, **kwargs):
+        """Run `argv` in root (output to log_path) until `ready()`; kwargs go to Service."""
+        self.service = Service(argv, log=self.log_path, cwd=self.root, **kwargs).start()
+        _wait_service(self.service, ready, timeout=timeout, what=what)
+        return self
+
+    def stop(self) -> None:
+        if self.service is not None:
+            sig, timeout = self.STOP
+            self.service.stop(sig=sig, timeout=timeout)
+
+
+@dataclass(kw_only=True)
+class PostgresServer(NativeServer):
+    """PostgreSQL 15 started by postgres/docker-entrypoint.sh with postgres/*.conf.
+
+    confdir holds what the server reads (config_file, hba_file)."""
+
+    owner: pwd.struct_passwd
+    port: int = field(default_factory=free_port)
+    superuser_password: str = field(default_factory=_new_password, repr=False)
+    pgbouncer_auth_password: str = field(default_factory=_new_password, repr=False)
+    superuser: str = "postgres"
+
+    LOG_NAME = "postgres.log"
+    CONF_NAME = "postgresql.conf"
+    # SIGINT = fast shutdown; SIGTERM (smart) would wait for PgBouncer's connections
+    STOP = (signal.SIGINT, 30)
 
     @property
     def datadir(self) -> Path:
         return self.root / "data"
 
     @property
-    def confdir(self) -> Path:
-        """The copy of the repo's postgres/ folder the server reads (config_file, hba_file)."""
-        return self.root / "conf"
-
-    @property
     def socket_dir(self) -> Path:
-        return self.root / "sock"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "postgres.log"
+        """unix_socket_directories: the run directory."""
+        return self.run_dir
 
     def server_options(self) -> list[str]:
         """What the native server sets on top of postgresql.conf: where it listens."""
@@ -165,33 +229,22 @@ class PostgresServer:
         }
 
     def start(self) -> PostgresServer:
-        self.service = Service(
-            ["bash", str(self.confdir / "docker-entrypoint.sh"), *self.server_options()],
-            log=self.log_path,
-            env=self.entrypoint_env(),
-            cwd=self.root,
-            user=PG_OS_USER,
-        ).start()
         # the entrypoint's temporary server listens on the socket only: TCP answers when
         # init is done and the real server runs; pg_isready, not an open port, because the
         # port opens before recovery ends ("the database system is starting up")
-        _wait_service(
-            self.service,
+        return self.serve(
+            ["bash", str(self.confdir / "docker-entrypoint.sh"), *self.server_options()],
             self.ready,
             timeout=120,
             what=f"PostgreSQL on {self.host}:{self.port} (log: {self.log_path})",
+            env=self.entrypoint_env(),
+            user=PG_OS_USER,
         )
-        return self
 
     def ready(self) -> bool:
         """pg_isready over TCP: the server accepts connections (not starting up)."""
         argv = [_pg_binary("pg_isready"), "-q", "-h", self.host, "-p", str(self.port)]
         return subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=30).returncode == 0
-
-    def stop(self) -> None:
-        if self.service is not None:
-            # SIGINT = fast shutdown; SIGTERM (smart) would wait for PgBouncer's connections
-            self.service.stop(sig=signal.SIGINT, timeout=30)
 
     def psql(
         self,
@@ -264,49 +317,28 @@ class AppDatabase:
     env_file: Path
 
 
-@dataclass
-class PgBouncerServer:
+@dataclass(kw_only=True)
+class PgBouncerServer(NativeServer):
     """PgBouncer started by pgbouncer/docker-entrypoint.sh with pgbouncer/*.ini."""
 
-    host: str
     port: int
-    root: Path
     env: dict[str, str] = field(repr=False)
-    service: Service | None = field(default=None, repr=False)
 
-    @property
-    def confdir(self) -> Path:
-        return self.root / "conf"
-
-    @property
-    def run_dir(self) -> Path:
-        """Rendered pgbouncer.ini, userlist.txt (0600) and the admin socket."""
-        return self.root / "run"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "pgbouncer.log"
+    LOG_NAME = "pgbouncer.log"
+    CONF_NAME = "pgbouncer.ini"  # the template: what it reads is rendered into run_dir
+    # SIGTERM = immediate shutdown (SIGINT would wait for clients to finish); run_dir holds
+    # the rendered pgbouncer.ini, userlist.txt (0600) and the admin socket
+    STOP = (signal.SIGTERM, 15)
 
     def start(self) -> PgBouncerServer:
-        self.service = Service(
+        return self.serve(
             ["bash", str(self.confdir / "docker-entrypoint.sh")],
-            log=self.log_path,
-            env=self.env,
-            cwd=self.root,
-            user=PG_OS_USER,
-        ).start()
-        _wait_service(
-            self.service,
             lambda: port_open(self.host, self.port),
             timeout=30,
             what=f"PgBouncer on {self.host}:{self.port} (log: {self.log_path})",
+            env=self.env,
+            user=PG_OS_USER,
         )
-        return self
-
-    def stop(self) -> None:
-        if self.service is not None:
-            # SIGTERM = immediate shutdown (SIGINT would wait for clients to finish)
-            self.service.stop(sig=signal.SIGTERM, timeout=15)
 
     def admin(self, sql: str, user: str = "postgres") -> str:
         """A console command (SHOW POOLS, SHOW CONFIG, SET ...) over the socket.
@@ -354,26 +386,10 @@ def running_postgres(conf: Path = ROOT / "postgres") -> Iterator[PostgresServer]
     """
     _pg_binary("postgres")
     owner = _pg_os_user()
-    root = _owned_tmpdir("postgres", owner)
-    try:
-        _copy_owned(conf, root / "conf", owner)
-        (root / "sock").mkdir(mode=0o700)
-        os.chown(root / "sock", owner.pw_uid, owner.pw_gid)
-        server = PostgresServer(
-            host="127.0.0.1",
-            port=free_port(),
-            superuser_password=secrets.token_urlsafe(24),
-            pgbouncer_auth_password=secrets.token_urlsafe(24),
-            root=root,
-            owner=owner,
-        )
-        server.start()
-        try:
+    with _owned_root("postgres", owner, conf) as root:
+        _private_dir(root / "run", owner)
+        with PostgresServer(root=root, owner=owner) as server:
             yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -395,7 +411,7 @@ def create_app_databases(server: PostgresServer) -> dict[str, AppDatabase]:
         source = ROOT / "config" / example
         db = _env_file_value(source, "POSTGRES_DB")
         user = _env_file_value(source, "POSTGRES_USER")
-        password = secrets.token_urlsafe(24)
+        password = _new_password()
         env_file = _write_secret(
             server.root / f"{env}.env",
             f"POSTGRES_DB={db}\nPOSTGRES_USER={user}\nPOSTGRES_PASSWORD={password}\n",
@@ -423,10 +439,7 @@ def running_pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServ
     databases.ini and pg_hba.conf; app roles authenticate through auth_query.
     """
     require_binary("pgbouncer", "packages")
-    owner = _pg_os_user()
-    root = _owned_tmpdir("pgbouncer", owner)
-    try:
-        _copy_owned(ROOT / "pgbouncer", root / "conf", owner)
+    with _owned_root("pgbouncer", _pg_os_user(), ROOT / "pgbouncer") as root:
         port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin",
@@ -439,14 +452,8 @@ def running_pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServ
             "PGBOUNCER_SERVER_HOST": postgres_server.host,
             "PGBOUNCER_SERVER_PORT": str(postgres_server.port),
         }
-        bouncer = PgBouncerServer(host="127.0.0.1", port=port, root=root, env=env)
-        bouncer.start()
-        try:
+        with PgBouncerServer(port=port, root=root, env=env) as bouncer:
             yield bouncer
-        finally:
-            bouncer.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -470,39 +477,26 @@ def _example_value(example: str, key: str) -> str:
     return _env_file_value(ROOT / "config" / example, key)
 
 
-@dataclass
-class RedisServer:
+@dataclass(kw_only=True)
+class RedisServer(NativeServer):
     """redis-server with redis/redis.conf and an ACL file from redis/render-acl.sh.
 
     Runs as OS user redis, like the image; the command line sets only port, bind,
     aclfile and dir on top of the shipped file.
     """
 
-    host: str
-    port: int
-    admin_password: str
     # env -> (user, password, key_prefix, db), from config/<env>.env.example
     users: dict[str, tuple[str, str, str, int]]
-    root: Path
     owner: pwd.struct_passwd = field(repr=False)
-    service: Service | None = field(default=None, repr=False)
+    port: int = field(default_factory=free_port)
+    admin_password: str = field(default_factory=_new_password, repr=False)
 
-    @property
-    def confdir(self) -> Path:
-        """The copy of the repo's redis/ folder the server reads."""
-        return self.root / "conf"
-
-    @property
-    def conf_path(self) -> Path:
-        return self.confdir / "redis.conf"
+    LOG_NAME = "redis.log"
+    CONF_NAME = "redis.conf"
 
     @property
     def acl_path(self) -> Path:
-        return self.root / "run" / "users.acl"
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "redis.log"
+        return self.run_dir / "users.acl"
 
     def render_env(self) -> dict[str, str]:
         """What the image's environment would hold: the renderer reads only this."""
@@ -535,23 +529,18 @@ class RedisServer:
             cwd=self.root,
             what="redis/render-acl.sh",
         )
-        self.service = Service(
-            [require_binary("redis-server", "packages"), str(self.conf_path),
-             *self.server_options()],
-            log=self.log_path,
-            cwd=self.root,
-            user=REDIS_USER_NAME,
-        ).start()  # fmt: skip
 
         def ready() -> bool:
             return port_open(self.host, self.port) and self.cli("PING") == "PONG"
 
-        _wait_service(self.service, ready, timeout=30, what=f"Redis on {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.service is not None:
-            self.service.stop(sig=signal.SIGTERM, timeout=15)
+        return self.serve(
+            [require_binary("redis-server", "packages"), str(self.conf_path),
+             *self.server_options()],
+            ready,
+            timeout=30,
+            what=f"Redis on {self.port}",
+            user=REDIS_USER_NAME,
+        )  # fmt: skip
 
     def cli(self, *args: str, user: str | None = None, password: str | None = None) -> str:
         """redis-cli ARGS as `user` (default: admin); returns its stdout, stripped.
@@ -585,35 +574,19 @@ def running_redis(conf: Path = ROOT / "redis") -> Iterator[RedisServer]:
     except KeyError:
         ensure("packages")
         owner = pwd.getpwnam(REDIS_USER_NAME)
-    root = _owned_tmpdir("redis", owner)
-    try:
-        _copy_owned(conf, root / "conf", owner)
-        (root / "run").mkdir(mode=0o700)
-        os.chown(root / "run", owner.pw_uid, owner.pw_gid)
+    with _owned_root("redis", owner, conf) as root:
+        _private_dir(root / "run", owner)
         users = {}
         for env, example in (("production", "prod.env.example"),
                              ("staging", "staging.env.example")):  # fmt: skip
             users[env] = (
                 _example_value(example, "REDIS_USER"),
-                secrets.token_urlsafe(24),
+                _new_password(),
                 _example_value(example, "REDIS_KEY_PREFIX"),
                 int(_example_value(example, "REDIS_DB")),
             )
-        server = RedisServer(
-            host="127.0.0.1",
-            port=free_port(),
-            admin_password=secrets.token_urlsafe(24),
-            users=users,
-            root=root,
-            owner=owner,
-        )
-        server.start()
-        try:
+        with RedisServer(users=users, root=root, owner=owner) as server:
             yield server
-        finally:
-            server.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -629,8 +602,8 @@ NGINX_SITE_NAMES = ("eduaiia.com", "www.eduaiia.com", "staging.eduaiia.com",
                     "devstatus.eduaiia.com")  # fmt: skip
 
 
-@dataclass
-class NginxServer(Started):
+@dataclass(kw_only=True)
+class NginxServer(NativeServer):
     """nginx with the templates of nginx/ rendered by nginx/render.sh for loopback.
 
     Master as root, workers as www-data, exactly as in the image; only the values of
@@ -640,20 +613,14 @@ class NginxServer(Started):
     http_port: int
     https_port: int
     ca_cert: Path
-    root: Path
     upstreams: dict[str, str]
     status_user: str
     status_password: str = field(repr=False)
-    host: str = "127.0.0.1"
-    service: Service | None = field(default=None, repr=False)
 
-    @property
-    def confdir(self) -> Path:
-        return self.root / "conf"
-
-    @property
-    def conf_path(self) -> Path:
-        return self.confdir / "nginx.conf"
+    LOG_NAME = "nginx.out"  # the master's own output; its logs: error_log
+    CONF_NAME = "nginx.conf"  # rendered by nginx/render.sh
+    # SIGQUIT: graceful shutdown, workers finish what they serve
+    STOP = (signal.SIGQUIT, 15)
 
     @property
     def access_log(self) -> Path:
@@ -680,7 +647,7 @@ class NginxServer(Started):
             "NGINX_STAGING_ROOT": str(self.site_root("staging")),
             "NGINX_STATUS_ROOT": str(self.site_root("status")),
             "NGINX_ACME_ROOT": str(self.site_root("acme")),
-            "NGINX_RUN_DIR": str(self.root / "run"),
+            "NGINX_RUN_DIR": str(self.run_dir),
             "NGINX_ACCESS_LOG": str(self.access_log),
             "NGINX_ACCESS_LOG_FILE": str(self.root / "log" / "access-file.log"),
             "NGINX_ERROR_LOG": str(self.error_log),
@@ -708,19 +675,12 @@ class NginxServer(Started):
         self.render()
         argv = [require_binary("nginx", "packages"), "-p", str(self.root),
                 "-c", str(self.conf_path), "-e", str(self.error_log)]  # fmt: skip
-        self.service = Service(argv, log=self.root / "nginx.out", cwd=self.root).start()
-        _wait_service(
-            self.service,
+        return self.serve(
+            argv,
             lambda: port_open(self.host, self.https_port) and port_open(self.host, self.http_port),
             timeout=30,
             what=f"nginx on {self.http_port}/{self.https_port} (log: {self.error_log})",
         )
-        return self
-
-    def stop(self) -> None:
-        if self.service is not None:
-            # SIGQUIT: graceful shutdown, workers finish what they serve
-            self.service.stop(sig=signal.SIGQUIT, timeout=15)
 
 
 def make_nginx(
