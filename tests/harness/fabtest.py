@@ -14,5 +14,9 @@ def run_task(task, answers, **kwargs):
     try:
         task(Connection("server.example", user="ubuntu"), **kwargs)
     finally:
-        remote.stop()
-    remote.safety()
+        # checked on the way out too: a task that exits early must still have sent exactly
+        # the expected commands
+        try:
+            remote.safety()
+        finally:
+            remote.stop()
