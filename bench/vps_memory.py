@@ -54,6 +54,9 @@ echo '## containers'
 ids=$(docker ps -q)
 [ -z "$ids" ] || docker inspect --format '{{.State.Pid}} {{.Name}}' $ids | while read pid name; do
   p=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/$pid/cgroup 2>/dev/null)
+  # a container that exited between docker inspect and here has no cgroup left to read
+  # (an empty path would read the host's root cgroup)
+  { [ "$pid" != 0 ] && [ -n "$p" ] && [ "$p" != / ]; } || continue
   d=/sys/fs/cgroup/memory$p; [ -r $d/memory.usage_in_bytes ] || d=/sys/fs/cgroup$p
   u=$(cat $d/memory.usage_in_bytes 2>/dev/null || cat $d/memory.current 2>/dev/null)
   i=$(awk '$1=="total_inactive_file"||$1=="inactive_file"{print $2; exit}' $d/memory.stat)
@@ -85,7 +88,7 @@ while :; do
   if [ -z "$p" ] || [ "$p" = / ]; then
     echo "path /"
     awk '/MemTotal/{t=$2} /MemAvailable/{a=$2}
-         END{print "limit " t*1024; print "usage " (t-a)*1024; print "inactive_file 0"}' \
+         END{printf "limit %.0f\nusage %.0f\ninactive_file 0\n", t*1024, (t-a)*1024}' \
       /proc/meminfo
     break
   fi
