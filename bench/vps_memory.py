@@ -78,12 +78,16 @@ while :; do
   if [ -r $d/memory.limit_in_bytes ] && [ "$(cat $d/memory.limit_in_bytes)" -lt $big ]; then
     echo "path $p"; echo "limit $(cat $d/memory.limit_in_bytes)"
     echo "usage $(cat $d/memory.usage_in_bytes)"
-    echo "inactive_file $(awk '$1=="total_inactive_file"{print $2}' $d/memory.stat)"; break
+    echo "inactive_file $(awk '$1=="total_inactive_file"{print $2}' $d/memory.stat)"
+    echo "pinned $(( $(awk '$1=="total_rss"||$1=="total_shmem"{s+=$2} END{printf "%.0f", s}' \
+      $d/memory.stat) + $(cat $d/memory.kmem.usage_in_bytes 2>/dev/null || echo 0) ))"; break
   fi
   d=/sys/fs/cgroup$p
   if [ -r $d/memory.max ] && [ "$(cat $d/memory.max)" != max ]; then
     echo "path $p"; echo "limit $(cat $d/memory.max)"; echo "usage $(cat $d/memory.current)"
-    echo "inactive_file $(awk '$1=="inactive_file"{print $2}' $d/memory.stat)"; break
+    echo "inactive_file $(awk '$1=="inactive_file"{print $2}' $d/memory.stat)"
+    echo "pinned $(awk '$1=="anon"||$1=="shmem"||$1=="kernel"{s+=$2} END{printf "%.0f", s}' \
+      $d/memory.stat)"; break
   fi
   if [ -z "$p" ] || [ "$p" = / ]; then
     echo "path /"
@@ -171,6 +175,8 @@ class Sample:
     machine_mb: float
     limit_mb: float
     oom_kills: int
+    # anonymous + shared memory + kernel: what the kernel cannot give back (no swap)
+    pinned_mb: float = 0.0
 
 
 def parse_sample(text: str) -> Sample:
@@ -190,7 +196,8 @@ def parse_sample(text: str) -> Sample:
     path = cg.get("path", "/").strip()
     marks = (f"task_memcg={path},", f"task_memcg={path}/") if path != "/" else ("oom-kill:",)
     ooms = sum(1 for line in s.get("oom", []) if any(m in line for m in marks))
-    return Sample(containers, daemons, usage / MIB, int(cg.get("limit", "0")) / MIB, ooms)
+    pinned = int(cg.get("pinned", "0") or 0) / MIB
+    return Sample(containers, daemons, usage / MIB, int(cg.get("limit", "0")) / MIB, ooms, pinned)
 
 
 @dataclass
@@ -198,6 +205,7 @@ class Peak:
     containers: dict[str, float] = field(default_factory=dict)
     daemons: dict[str, tuple[int, float]] = field(default_factory=dict)
     machine_mb: float = 0.0
+    pinned_mb: float = 0.0
     limit_mb: float = 0.0
     oom_kills: int = 0
     samples: int = 0
@@ -210,6 +218,7 @@ class Peak:
             old = self.daemons.get(k, (0, 0.0))
             self.daemons[k] = (max(old[0], n), max(old[1], mb))
         self.machine_mb = max(self.machine_mb, s.machine_mb)
+        self.pinned_mb = max(self.pinned_mb, s.pinned_mb)
         self.limit_mb = s.limit_mb
         self.oom_kills = max(self.oom_kills, s.oom_kills)
 
@@ -430,6 +439,7 @@ def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
         "daemons (PSS)", [f"{sum(mb for _, mb in p.daemons.values()):.1f}" for p in phases.values()]
     )
     row("**machine cgroup, all of it**", [f"**{p.machine_mb:.1f}**" for p in phases.values()])
+    row("of it not page cache", [f"{p.pinned_mb:.1f}" for p in phases.values()])
     row("limit", [f"{p.limit_mb:.0f}" for p in phases.values()])
     row("OOM kills", [str(p.oom_kills) for p in phases.values()])
     row("samples", [str(p.samples) for p in phases.values()])
@@ -548,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 "containers_mib": p.containers,
                 "daemons": {k: {"processes": n, "pss_mib": mb} for k, (n, mb) in p.daemons.items()},
                 "machine_mib": p.machine_mb,
+                "not_page_cache_mib": p.pinned_mb,
                 "limit_mib": p.limit_mb,
                 "oom_kills": p.oom_kills,
                 "samples": p.samples,
