@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from opskit import certs
+from opskit import certs, settings
 from tests.harness.core import ROOT
 from tests.vps import setupkit
 
@@ -197,6 +197,21 @@ def test_env_files_are_private_and_their_secrets_never_printed(setup_done):
         assert secret not in printed
     link = v.exec("readlink", "/home/ubuntu/main/ai-ia-backend/.env.staging").stdout.strip()
     assert link == "/home/ubuntu/staging/ai-ia-backend/.env"
+    # the app's env files (setup's app-env step): private, and the app containers compose
+    # started hold not even the name of a key Django does not read
+    rendered = "/home/ubuntu/main/ai-ia-backend/.env.app"
+    assert v.exec("stat", "-c", "%a %U", rendered).stdout.split() == ["700", "ubuntu"]
+    withheld = set(settings.withheld_from("django"))
+    for service, container in (("django_prod", "aiia_django_prod"),
+                               ("django_staging", "aiia_django_staging")):  # fmt: skip
+        path = f"{rendered}/{service}.env"
+        assert v.exec("stat", "-c", "%a %U", path).stdout.split() == ["600", "ubuntu"]
+        env = json.loads(
+            v.exec("docker", "inspect", "--format", "{{json .Config.Env}}", container).stdout
+        )
+        names = {item.partition("=")[0] for item in env}
+        assert not names & withheld, f"{container}: {sorted(names & withheld)}"
+        assert "DJANGO_SECRET_KEY" in names
 
 
 def test_a_second_run_changes_nothing_and_restarts_nothing(setup_done):
