@@ -22,6 +22,10 @@
 #                 /app/media, aiia_media_prod or aiia_media_staging in the guide's stack;
 #                 `none` leaves media out of the set, on the operator's word)
 #   NETWORK       the stack's network (default: aiia_network)
+#   DRILL_IDENTITY the restore drill's key (default: ~/.config/aiia/drill.key, made by
+#                 `fab install-cron`): when its public key, DRILL_IDENTITY.pub, is there, the
+#                 database dump (only it) is encrypted to it as well, so scripts/drill.sh can
+#                 restore it on the server
 #
 # Output: progress on stderr, the new set's path on stdout; a log per run in
 # logs/backup_<env>_<UTC time>.log. Exit status: 0 good (offsite trouble is a WARNING and
@@ -35,6 +39,7 @@ BACKUP_IMAGE=${BACKUP_IMAGE:-aiia/backup:latest}
 NETWORK=${NETWORK:-aiia_network}
 BACKUP_DIR=${BACKUP_DIR:-$ROOT/backups}
 LOG_DIR=${LOG_DIR:-$ROOT/logs}
+DRILL_IDENTITY=${DRILL_IDENTITY:-${HOME:-}/.config/aiia/drill.key}
 
 usage() { sed -n '2,/^set -o/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; }
 die() { printf 'backup.sh: %s\n' "$*" >&2; exit 2; }
@@ -87,6 +92,11 @@ else
   printf 'backup.sh: MEDIA_VOLUME=none: this set holds no media\n' >&2
 fi
 
+drill_arg=()
+if [ -s "$DRILL_IDENTITY.pub" ]; then
+  drill_arg=(--drill-recipient "$(tr -d '[:space:]' < "$DRILL_IDENTITY.pub")")
+fi
+
 # The code comes from this checkout (read-only), so the image needs only the dependencies.
 # Hardened like the `backup` service of compose/server.yml: keep the two in step.
 status=0
@@ -100,7 +110,7 @@ docker run --rm --name "aiia_backup_${ENVIRONMENT}" --network "$NETWORK" \
   "${media[@]}" \
   "$BACKUP_IMAGE" \
   python3 -m opskit.backup backup --env "$ENVIRONMENT" --env-file /run/aiia/env \
-    --backup-dir /backups "${media_arg[@]}" 2> >(tee -a "$LOG" >&2) || status=$?
+    --backup-dir /backups "${media_arg[@]}" "${drill_arg[@]}" 2> >(tee -a "$LOG" >&2) || status=$?
 
 if [ "$status" -ne 0 ]; then
   printf 'backup.sh: %s backup FAILED (exit %s); see %s\n' "$ENVIRONMENT" "$status" "$LOG" >&2

@@ -67,6 +67,7 @@ def backup_spec(
     backup_dir: Path | None = None,
     media_dir: Path | None = None,
     env_file: Path | None = None,
+    drill_recipient: str | None = None,
 ) -> pipeline.BackupSpec:
     recipient = _text(settings, "BACKUP_AGE_RECIPIENT")
     if not recipient:
@@ -88,6 +89,7 @@ def backup_spec(
         env_file=env_path if env_path.is_file() else None,
         media_dir=media_dir,
         mark_pending_upload=offsite.S3Target.from_settings(settings) is not None,
+        drill_recipient=drill_recipient or None,
     )
 
 
@@ -106,6 +108,7 @@ def backup(
     backup_dir: Path | None = None,
     media_dir: Path | None = None,
     env_file: Path | None = None,
+    drill_recipient: str | None = None,
     report: Report = print,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> BackupOutcome:
@@ -114,7 +117,7 @@ def backup(
     Offsite trouble never fails the backup: it is reported and retried on the next run.
     """
     spec = backup_spec(settings, reach, backup_dir=backup_dir, media_dir=media_dir,
-                       env_file=env_file)  # fmt: skip
+                       env_file=env_file, drill_recipient=drill_recipient)  # fmt: skip
     result = pipeline.run_backup(spec, report=report, clock=now)
     target = offsite.S3Target.from_settings(settings)
     if target is None:

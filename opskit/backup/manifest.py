@@ -58,6 +58,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     tools: Mapping[str, str] = field(default_factory=dict)
     format: str = FORMAT
+    # the server's restore-drill key: the database dump (only it) is encrypted to it too
+    drill_recipient: str | None = None
 
     def file(self, name: str) -> FileEntry:
         for entry in self.files:
@@ -80,6 +82,7 @@ class Manifest:
             "created": created,
             "recipient": self.recipient,
             "encryption": "age v1, X25519 recipient (public key above)",
+            **({"drill_recipient": self.drill_recipient} if self.drill_recipient else {}),
             "dump_format": "pg_dump --format=custom (pg_restore reads it)",
             "dump_bytes": str(self.dump_bytes),
             "toc_entries": str(self.toc_entries),
@@ -239,6 +242,7 @@ def parse(text: str) -> Manifest:
         migrations_table=need("migrations_table") == "yes",
         files=tuple(files),
         tools=dict(sections.get("tools", {})),
+        drill_recipient=backup.get("drill_recipient") or None,
     )
 
 

@@ -77,6 +77,8 @@ class BackupSpec:
     media_dir: Path | None = None  # archived, encrypted, as media.tar.gz.age
     verify_conn: PgConn | None = None  # where pg_restore --list runs (default: conn's tools)
     mark_pending_upload: bool = False  # offsite copies on: the set starts marked for upload
+    # the server's restore-drill key (scripts/drill.sh): the dump alone is encrypted to it too
+    drill_recipient: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,8 @@ def plan(spec: BackupSpec, set_dir: Path) -> list[str]:
     """What run_backup does, in order: the programs it starts (from the same builders) and
     the stages this process runs itself (age encryption, checksums, archives)."""
     dump, verify = dump_commands(spec)
-    encrypt = f"(in this process) age -r {spec.recipient}, sha256"
+    also = f" -r {spec.drill_recipient}" if spec.drill_recipient else ""
+    encrypt = f"(in this process) age -r {spec.recipient}{also}, sha256"
     lines = [
         f"{commands.display(dump)} | {encrypt} > {set_dir}/{manifest.DUMP_FILE}",
         f"  the same stream | {commands.display(verify)}",
@@ -260,7 +263,7 @@ def _stream_dump(
         source = dump.proc.stdout
         with _create_private(target) as raw:
             out = _HashingWriter(raw)
-            encryptor = age.Encryptor(out, [spec.recipient])
+            encryptor = age.Encryptor(out, _dump_recipients(spec))
             try:
                 while n := source.readinto(buf):
                     block = view[:n]
@@ -319,6 +322,12 @@ class _Tee:
 
     def flush(self) -> None:
         self.first.flush()
+
+
+def _dump_recipients(spec: BackupSpec) -> list[str]:
+    """The operator's key, and the drill's: it restores the database, never reads the
+    configuration or the uploads."""
+    return [spec.recipient, *([spec.drill_recipient] if spec.drill_recipient else [])]
 
 
 def _archive(sources: list[tuple[Path, str]], target: Path, recipient: str) -> tuple[str, int]:
@@ -414,7 +423,8 @@ def run_backup(
 
     `on_block(bytes_so_far, pg_dump_process)` is called after each block of the dump.
     """
-    age.parse_recipient(spec.recipient)  # a bad key fails before anything runs
+    for key in _dump_recipients(spec):
+        age.parse_recipient(key)  # a bad key fails before anything runs
     env_short = commands.ENV_SHORT[spec.environment]
     backup_dir = Path(spec.backup_dir)
     started = time.monotonic()
@@ -462,6 +472,7 @@ def run_backup(
                 owner=spec.owner,
                 created=now,
                 recipient=spec.recipient,
+                drill_recipient=spec.drill_recipient,
                 dump_bytes=plain,
                 toc_entries=toc.entries,
                 tables=toc.tables,
