@@ -7,12 +7,13 @@
   checked here, decrypted here with the operator's key, and the plaintext is streamed over
   SSH into `docker exec -i aiia_postgresql pg_restore` on the server (scratch database,
   checks, then the swap only with --yes; --verify-only is the restore drill).
-- `install-cron` puts the guide's daily 02:00 entry into the crontab, once.
+- `install-cron` puts the guide's daily 02:00 entry into the crontab, once; with production
+  also the status collector (every minute) and the weekly restore drill (scripts/drill.sh),
+  after making the drill's own key on the server once (opskit.backup.drill).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -23,8 +24,8 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
-from opskit import environments
-from opskit.backup import commands, manifest, restore
+from opskit import age, environments
+from opskit.backup import commands, drill, manifest, restore
 from opskit.backup.commands import PgConn
 
 # The operators' guide's checkouts.
@@ -65,11 +66,57 @@ STATUS_SCHEDULE = "* * * * *"  # the status collector: every minute, nothing res
 
 def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
     """Every entry the server's crontab needs for `env`: its backup; the status collector
-    once per box, with production's entries."""
+    and the weekly restore drill once per box, with production's entries."""
     lines = [cron_line(path, env)]
     if env == "production":
         lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} run")
+        lines.append(f"{drill.SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}")
     return lines
+
+
+# The drill's key pair on the server, made once: the secret key (generated here, in memory,
+# and sent on stdin, never in argv) into ~/.config/aiia/drill.key, mode 0600, and its public
+# key beside it (.pub), which scripts/backup.sh encrypts each dump to. An existing key is
+# never replaced. Prints `present|created|absent RECIPIENT PATH` (absent: --dry-run only).
+DRILL_KEY_SCRIPT = r"""set -eu
+key=${DRILL_IDENTITY:-$HOME/.config/aiia/drill.key}
+# stdin is read whole first, whatever happens next (the sender never meets a closed channel)
+IFS= read -r secret || true
+IFS= read -r public || true
+if [ -s "$key" ]; then
+  if [ ! -s "$key.pub" ]; then
+    echo "$key has no $key.pub beside it: move $key away and run install-cron again" >&2
+    exit 3
+  fi
+  echo "present $(cat "$key.pub") $key"
+  exit 0
+fi
+[ "${1:-}" = --dry-run ] && { echo "absent - $key"; exit 0; }
+umask 077
+mkdir -p "$(dirname "$key")"
+case "$secret" in AGE-SECRET-KEY-1*) ;; *) echo "no key on stdin" >&2; exit 2 ;; esac
+t=$(mktemp "$key.XXXXXX")
+p=$(mktemp "$key.pub.XXXXXX")
+printf '# the restore drill key of this server (scripts/drill.sh), made by fab install-cron\n%s\n' \
+  "$secret" > "$t"
+printf '%s\n' "$public" > "$p"
+chmod 644 "$p"
+mv -f "$p" "$key.pub"
+mv -f "$t" "$key"
+echo "created $public $key"
+"""
+
+
+def drill_key_argv(*, dry_run: bool = False) -> list[str]:
+    return ["sh", "-c", DRILL_KEY_SCRIPT, "sh", *(["--dry-run"] if dry_run else [])]
+
+
+def parse_drill_key(stdout: str) -> tuple[str, str, str]:
+    """(state, recipient, path) from DRILL_KEY_SCRIPT's last line."""
+    words = (stdout.strip().splitlines() or [""])[-1].split(maxsplit=2)
+    if len(words) != 3 or words[0] not in ("present", "created", "absent"):
+        raise ValueError(f"unexpected answer: {stdout.strip()!r}")
+    return words[0], words[1], words[2]
 
 
 def merge_crontab(current: str, line: str) -> tuple[str, bool]:
@@ -282,8 +329,7 @@ def drill_record(root: str, env: str, set_name: str, ok: bool, detail: str,
                  when: str) -> tuple[list[str], str]:  # fmt: skip
     """The command that writes logs/drill.json on the server, and what it reads on stdin:
     the result the status page shows and alerts on."""
-    doc = json.dumps({"when": when, "env": env, "set": set_name, "ok": ok, "detail": detail},
-                     sort_keys=True) + "\n"  # fmt: skip
+    doc = drill.document(drill.Outcome(ok, set_name, detail), env, when)
     return ["sh", "-c", DRILL_WRITE, "sh", f"{root}/logs"], doc
 
 
@@ -312,15 +358,18 @@ def _remote_settings(c, root: str, env: str) -> dict[str, str]:
     help={
         "env": ENV_HELP,
         "path": PATH_HELP,
-        "user": "whose crontab (default: the SSH user's own)",
+        "user": "whose crontab (default: the SSH user's own, whose ~/.config/aiia holds the "
+        "drill's key)",
         "dry-run": "print the crontab it would install; change nothing",
     }
 )
 def install_cron(c, env="production", path=None, user=None, dry_run=False):
-    """Install cron entries once: the daily backup and the status collector every minute.
+    """Install cron entries once: backups, the status collector, the weekly restore drill.
 
-    The guide's 02:00 backup and, with production, the status collector
-    (scripts/status.sh); running it again changes nothing."""
+    The guide's 02:00 backup and, with production, the status collector every minute
+    (scripts/status.sh) and the restore drill on Sundays at 03:30 (scripts/drill.sh), whose
+    key pair it makes on the server the first time (~/.config/aiia/drill.key, 0600; the
+    backups are encrypted to its public key too). Running it again changes nothing."""
     root = checkout(env, path)
     lines = cron_lines(root, env)
     current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,
@@ -328,6 +377,8 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
     if not current.ok and "no crontab" not in current.stderr:
         raise Exit(f"crontab -l failed on {c.host}: {current.stderr.strip()} (is cron "
                    "installed? apt-get install cron)", 1)  # fmt: skip
+    if env == "production":
+        _drill_key(c, dry_run=dry_run)
     text = current.stdout if current.ok else ""
     changed = []
     for line in lines:
@@ -343,6 +394,30 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
     crontab_write(c, user, text)
     for line in lines:
         print(f"install-cron: {'installed' if line in changed else 'already installed'}: {line}")
+
+
+def _drill_key(c, *, dry_run: bool) -> None:
+    """The drill's key pair on the server, made once (DRILL_KEY_SCRIPT)."""
+    import io
+
+    secret, public = age.generate_identity()
+    done = c.run(shlex.join(drill_key_argv(dry_run=dry_run)), hide=True, warn=True,
+                 in_stream=io.StringIO(f"{secret}\n{public}\n"))  # fmt: skip
+    try:
+        state, recipient, where = parse_drill_key(done.stdout) if done.ok else ("", "", "")
+    except ValueError:
+        state = recipient = where = ""
+    if not state:
+        raise Exit(f"install-cron: the drill's key could not be made on {c.host}: "
+                   f"{(done.stderr or done.stdout).strip()}; nothing was changed", 1)  # fmt: skip
+    if state == "absent":
+        print(f"install-cron: would make the drill's key {where} (0600) on {c.host}")
+    elif state == "present":
+        print(f"install-cron: the drill's key is already there: {where} ({recipient})")
+    else:
+        print(f"install-cron: made the drill's key {where} (0600), public key {recipient}: "
+              "backups from now on are encrypted to it as well; the drill needs one, take "
+              f"it now with: fab -H {c.host} backup")  # fmt: skip
 
 
 ns = Collection(backup, install_cron)

@@ -102,10 +102,11 @@ def test_checkout_paths():
         rb.checkout("prod", None)
 
 
-def test_cron_lines_backup_and_the_status_collector():
+def test_cron_lines_backup_the_status_collector_and_the_drill():
     assert rb.cron_lines() == [
         GUIDE_LINE,
         "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
+        "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
     ]
     staging = rb.cron_lines(rb.GUIDE_PATHS["staging"], "staging")
     assert staging == [rb.cron_line(rb.GUIDE_PATHS["staging"], "staging")]
