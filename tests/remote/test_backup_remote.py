@@ -1,13 +1,13 @@
 """fab install-cron and fab restore over real SSH to the loopback host.
 
-install-cron edits the crontab of a throwaway OS user made for the test (never root's);
+install-cron edits the crontab of a throwaway OS user made for the test (never root's) and
+makes the drill's key of "the server" (this machine; put back as it was afterwards);
 restore downloads a set over SSH, decrypts it here and streams it over SSH into
 PostgreSQL on "the server" (the native server, reached over its socket by peer auth).
 """
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 
 import pytest
@@ -17,42 +17,30 @@ from opskit.backup import pipeline, restore
 from opskit.backup.commands import PgConn
 from opskit.remote import backup as rb
 from tests.harness.backup import PG_BIN, fingerprint
-from tests.harness.core import require_binary
+from tests.remote.conftest import crontab_of
 
 pytest_plugins = ["tests.harness.backup"]
 
 
-@pytest.fixture
-def cron_user():
-    require_binary("crontab", "packages")
-    name = f"aiiacron{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield name
-    finally:
-        subprocess.run(["crontab", "-r", "-u", name], capture_output=True, check=False)
-        subprocess.run(["userdel", name], capture_output=True, check=False)
-
-
-def crontab_of(user: str) -> str:
-    return subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
-
-
-def test_install_cron_twice_leaves_one_entry(ssh_host, cron_user, capsys):
+def test_install_cron_twice_leaves_one_entry(ssh_host, cron_user, drill_key, capsys):
     c = ssh_host.connection()
     subprocess.run(["crontab", "-u", cron_user, "-"], input="MAILTO=ops@eduaiia.com\n",
                    text=True, check=True)  # fmt: skip
     rb.install_cron(c, env="production", user=cron_user)
     first = crontab_of(cron_user)
-    assert "install-cron: installed:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "install-cron: installed:" in out
+    assert f"made the drill's key {drill_key} (0600)" in out
+    made = drill_key.read_bytes()
     rb.install_cron(c, env="production", user=cron_user)
-    assert "already installed" in capsys.readouterr().out
-    assert crontab_of(cron_user) == first
+    out = capsys.readouterr().out
+    assert "already installed" in out and f"the drill's key is already there: {drill_key}" in out
+    assert crontab_of(cron_user) == first and drill_key.read_bytes() == made
     assert first.splitlines() == [
         "MAILTO=ops@eduaiia.com",
         "0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production",
         "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
+        "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
     ]
 
 
