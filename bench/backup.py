@@ -1,7 +1,8 @@
 """The backup pipeline against the plain tools, side by side in one run.
 
 Usage (as root, with Debian's postgresql-15 and age installed):
-    python bench/backup.py [--size-mb 1024] [--repeat 1] [--json FILE] [--keep-data DIR]
+    python bench/backup.py [--size-mb 1024] [--repeat 1] [--json FILE] [--no-restore]
+                           [--users 50 [--users-path /admin/login/] [--quiet-s 20]]
 
 Starts a throwaway PostgreSQL 15 (initdb as OS user postgres; socket only, trust), fills a
 database to --size-mb (pg_database_size), then times, for each of --repeat rounds:
@@ -15,6 +16,14 @@ and reports wall time (best of the rounds) and peak RSS per process (VmHWM): the
 pipeline's own Python process, Debian's age, pg_dump. Goals: the pipeline within 1.1x of
 the floor's time and under 64 MB peak RSS whatever the size. Prints a table, then one JSON
 document; it never fails on a figure, only when something does not run.
+
+--users N also starts the tuned stack of bench/load.py (nginx with its rate limits,
+gunicorn, PgBouncer, PostgreSQL, Redis; natively, on the same CPUs) and keeps N users on
+--users-path through its 443 while everything above runs: each user one keep-alive TLS
+connection, a request, then 0.5-1.5 s of think time. Their latency (p50/p95) and errors
+are reported per phase: quiet (--quiet-s seconds with no backup running, the baseline),
+then each variant and the restore, beside the guide's p95 < 200 ms. The stack's
+PostgreSQL is not the one being dumped (on a server it is one and the same).
 """
 
 from __future__ import annotations
@@ -29,10 +38,14 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from load import SITE, percentile  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB = "bench"
@@ -40,6 +53,7 @@ MiB = 1 << 20
 GOAL_RATIO = 1.1
 GOAL_RESTORE_S = 300
 GOAL_RSS_MB = 64
+GOAL_USERS_P95_MS = 200.0
 
 # Run in a child process so its peak RSS is the pipeline's alone.
 OURS = r"""
@@ -235,6 +249,107 @@ def run_restore(pg: Postgres, set_dir: Path, key: Path) -> dict:
             "python_rss_mb": max(inner["self_maxrss_kb"] / 1024, sampled)}  # fmt: skip
 
 
+# --- users of the site while the backup runs (--users) ---------------------------------
+
+
+def window(answers: list[tuple[float, float, int | str]], start: float, end: float) -> dict:
+    """The answers that started in [start, end): how many, p50/p95 latency in ms, errors
+    (a status outside 2xx/3xx, or an exception's name) and their share in %.
+    answers: (monotonic start, latency ms, status or exception name)."""
+    inside = [(ms, status) for t, ms, status in answers if start <= t < end]
+    latencies = [ms for ms, _ in inside]
+    errors = sum(1 for _, status in inside if not (isinstance(status, int) and 200 <= status < 400))
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    return {
+        "requests": len(inside),
+        "seconds": round(end - start, 1),
+        "p50_ms": None if p50 is None else round(p50, 1),
+        "p95_ms": None if p95 is None else round(p95, 1),
+        "errors": errors,
+        "error_pct": round(100 * errors / len(inside), 3) if inside else 0.0,
+    }
+
+
+class Users:
+    """n users of one path through nginx, as browsers reach the site: TLS verified against
+    the test CA with the site's name in SNI and Host, a keep-alive connection each (a new
+    one after an error), a pause of 0.5-1.5 s between requests. Every answer is timed."""
+
+    def __init__(self, nginx, path: str, n: int) -> None:
+        self.nginx, self.path, self.n = nginx, path, n
+        self.answers: list[tuple[float, float, int | str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True)
+                         for i in range(n)]  # fmt: skip
+
+    def _connect(self):
+        import http.client
+        import socket
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.nginx.ca_cert))
+        sock = socket.create_connection((self.nginx.host, self.nginx.https_port), timeout=15)
+        conn = http.client.HTTPConnection(self.nginx.host, self.nginx.https_port, timeout=15)
+        conn.sock = context.wrap_socket(sock, server_hostname=SITE)
+        return conn
+
+    def _user(self, i: int) -> None:
+        import random
+
+        rnd = random.Random(i)
+        self._stop.wait(rnd.uniform(0, 1.5))  # users arrive spread out
+        conn = None
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.request("GET", self.path, headers={"Host": SITE})
+                resp = conn.getresponse()
+                resp.read()
+                status: int | str = resp.status
+            except OSError as exc:  # http.client's errors and timeouts are OSErrors too
+                status = type(exc).__name__
+                if conn is not None:
+                    conn.close()
+                conn = None
+            except Exception as exc:  # noqa: BLE001 - a broken answer is an error, counted
+                status = type(exc).__name__
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self._lock:
+                self.answers.append((t0, 1000 * (time.monotonic() - t0), status))
+            self._stop.wait(rnd.uniform(0.5, 1.5))
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> Users:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def during(self, start: float, end: float) -> dict:
+        with self._lock:
+            answers = list(self.answers)
+        return window(answers, start, end)
+
+
+def timed(users: Users | None, run, *args) -> dict:
+    """run(*args), with the users' figures over its span added when they are on."""
+    start = time.monotonic()
+    result = run(*args)
+    if users is not None:
+        result["users"] = users.during(start, time.monotonic())
+    return result
+
+
 def age_keypair(directory: Path) -> str:
     key = directory / "bench.key"
     proc = subprocess.run(["age-keygen", "-o", str(key)], capture_output=True, text=True,
@@ -246,9 +361,24 @@ def best(runs: list[dict]) -> dict:
     return min(runs, key=lambda r: r["seconds"])
 
 
+def _users_cells(r: dict) -> tuple[str, ...]:
+    u = r.get("users")
+    if u is None:
+        return ()
+    p95 = "-" if u["p95_ms"] is None else f"{u['p95_ms']:.0f}"
+    return (str(u["requests"]), p95, f"{u['error_pct']:.2f}")
+
+
 def table(report: dict) -> str:
     floor = report["results"]["floor"]["seconds"]
-    rows = [("variant", "wall s", "x floor", "peak RSS (MiB)", "pg_dump RSS", "output MiB")]
+    with_users = report.get("users") is not None
+    users_head = ("users' req", "users' p95 ms", "errors %") if with_users else ()
+    rows = [("variant", "wall s", "x floor", "peak RSS (MiB)", "pg_dump RSS", "output MiB",
+             *users_head)]  # fmt: skip
+    if with_users:
+        quiet = report["users"]["quiet"]
+        rows.append(("no backup running (quiet)", f"{quiet['seconds']:.1f}", "-", "-", "-", "-",
+                     *_users_cells({"users": quiet})))  # fmt: skip
     names = {"floor": "pg_dump -Fc > /dev/null", "age": "pg_dump -Fc | age -r KEY > file",
              "opskit": "opskit backup pipeline"}  # fmt: skip
     for key, label in names.items():
@@ -258,7 +388,12 @@ def table(report: dict) -> str:
         out = f"{r['bytes'] / MiB:.1f}" if "bytes" in r else "-"
         dump_rss = f"{r['pg_dump_rss_mb']:.1f}" if "pg_dump_rss_mb" in r else "(same)"
         rows.append((label, f"{r['seconds']:.2f}", f"{r['seconds'] / floor:.2f}", rss,
-                     dump_rss, out))  # fmt: skip
+                     dump_rss, out, *_users_cells(r)))  # fmt: skip
+    restored = report.get("restore")
+    if restored and with_users:
+        rows.append(("restore (RTO)", f"{restored['seconds']:.2f}", "-",
+                     f"python {restored['python_rss_mb']:.1f}", "-", "-",
+                     *_users_cells(restored)))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
              for row in rows]  # fmt: skip
@@ -269,12 +404,18 @@ def table(report: dict) -> str:
         f"({'met' if goals['ratio_met'] else 'NOT met'}), under {GOAL_RSS_MB} MiB RSS: "
         f"{goals['rss_mb']:.1f} MiB ({'met' if goals['rss_met'] else 'NOT met'})"
     )
-    restored = report.get("restore")
     if restored:
         lines.append(
             f"restore of the first set (RTO: decrypt, pg_restore, checks): "
             f"{restored['seconds']:.1f} s against {GOAL_RESTORE_S} s, {restored['tables']} "
             f"table(s), python {restored['python_rss_mb']:.1f} MiB RSS"
+        )
+    if with_users:
+        u = report["users"]
+        lines.append(
+            f"users: {u['count']} on {u['path']} through the tuned stack's nginx (TLS, "
+            f"keep-alive, 0.5-1.5 s think time) on the same CPUs; their p95 per phase beside "
+            f"the guide's < {GOAL_USERS_P95_MS:g} ms (the first round's runs when --repeat > 1)"
         )
     return "\n".join(lines)
 
@@ -287,29 +428,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-restore", action="store_true", help="skip timing the restore of the first set"
     )
+    parser.add_argument(
+        "--users", type=int, default=0,
+        help="users on the tuned stack meanwhile (0: none; the guide's figure is 50)",
+    )  # fmt: skip
+    parser.add_argument("--users-path", default="/admin/login/", help="what they load")
+    parser.add_argument(
+        "--quiet-s", type=float, default=20, help="the users' baseline with no backup running"
+    )
     args = parser.parse_args(argv)
     for tool in ("age", "age-keygen", str(PG_BIN / "pg_dump")):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found: run scripts/ensure.sh packages")
     work = Path(tempfile.mkdtemp(prefix="aiia-bench-backup-"))
     pg = Postgres().start()
+    stack = ExitStack()
+    users: Users | None = None
     try:
         t0 = time.monotonic()
         size = fill(pg, args.size_mb)
         fill_s = time.monotonic() - t0
         recipient = age_keypair(work)
+        quiet = None
+        if args.users > 0:
+            from _servers import running_configs
+
+            (work / "stack").mkdir()
+            config = stack.enter_context(running_configs(["tuned"], work / "stack"))["tuned"]
+            users = Users(config.nginx, args.users_path, args.users).start()
+            stack.callback(users.stop)
+            time.sleep(3)  # every user has arrived
+            start = time.monotonic()
+            time.sleep(args.quiet_s)
+            quiet = users.during(start, time.monotonic())
         runs: dict[str, list[dict]] = {"floor": [], "age": [], "opskit": []}
         restored = None
         for n in range(args.repeat):
-            runs["floor"].append(run_floor(pg))
-            runs["age"].append(run_age(pg, recipient, work / f"age-{n}.age"))
+            runs["floor"].append(timed(users, run_floor, pg))
+            runs["age"].append(timed(users, run_age, pg, recipient, work / f"age-{n}.age"))
             (work / f"age-{n}.age").unlink()
-            runs["opskit"].append(run_ours(pg, recipient, work / f"sets-{n}"))
+            runs["opskit"].append(timed(users, run_ours, pg, recipient, work / f"sets-{n}"))
             if n == 0 and not args.no_restore:
                 (set_dir,) = (work / f"sets-{n}").glob("db_*")
-                restored = run_restore(pg, set_dir, work / "bench.key")
+                restored = timed(users, run_restore, pg, set_dir, work / "bench.key")
             shutil.rmtree(work / f"sets-{n}")
         results = {k: best(v) for k, v in runs.items()}
+        if users is not None:
+            # the users' figures of the first round, whichever round was fastest
+            for key, variant_runs in runs.items():
+                results[key] = {**results[key], "users": variant_runs[0]["users"]}
         ratio = results["opskit"]["seconds"] / results["floor"]["seconds"]
         rss = max(r["python_rss_mb"] for r in runs["opskit"])
         report = {
@@ -321,6 +488,16 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             # the RTO: decrypt + pg_restore + checks of the first set (None: --no-restore)
             "restore": restored,
+            "users": (
+                {
+                    "count": args.users,
+                    "path": args.users_path,
+                    "quiet": quiet,
+                    "goal_p95_ms": GOAL_USERS_P95_MS,
+                }
+                if users is not None
+                else None
+            ),
             "goals": {
                 "ratio": ratio,
                 "ratio_goal": GOAL_RATIO,
@@ -331,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             },  # fmt: skip
         }
     finally:
+        stack.close()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(table(report))
