@@ -8,6 +8,11 @@ restores it into a scratch database through the host's `docker exec` into aiia_p
 checks and drops it, and writes logs/drill.json. The status collector (scripts/status.sh)
 then shows it on the devstatus page; a truncated set fails the drill and the collector
 alerts a real webhook receiver on loopback.
+
+On the same server, a real failed deploy: `fab deploy` over SSH of a build whose /health/
+answers 503 writes its failure to logs/deploys.log; the collector's next run (the command
+cron runs every minute) sends the alert to the receiver, and after a good deploy the next
+run sends the resolved message.
 """
 
 from __future__ import annotations
@@ -154,3 +159,45 @@ def test_the_weekly_drill_from_cron_restores_the_newest_backup_and_a_bad_set_ale
     assert "restore drill FAILED at" in devstatus(server)
     with capsys.disabled():
         print(f"\n  drill ok: {result['detail']}\n  alert: {alert}")
+
+
+def test_a_failed_deploy_alerts_and_the_next_good_deploy_resolves_it(
+    server, receiver, collector, capsys
+):
+    # a build of its own whose /health/ answers 503; nothing of it reaches a branch
+    ds.publish(server.origin, server.work, "bad-gate", dict([ds.broken_health()]),
+               branches=())  # fmt: skip
+    status_run(server, collector)
+    assert not receiver.got("ALERT", "deploy:production"), receiver.texts
+
+    failed = server.fab(*server.deploy_args("production", "--ref", "bad-gate",
+                                            "--health-attempts", "3", "--health-interval", "1",
+                                            "--why", "a build that fails its gate"))  # fmt: skip
+    out = failed.stdout + failed.stderr
+    assert failed.returncode == 1 and "health check failed" in out, out
+    entry = server.deploy_log("production")[-1]
+    assert (entry["action"], entry["result"]) == ("deploy", "failed"), entry
+    assert entry["reason"].startswith("health check failed: aiia_django_prod_"), entry
+    # the deploy itself sends nothing there: the receiver is the collector's webhook only
+    assert not any("deploy:production" in t for t in receiver.texts), receiver.texts
+
+    status_run(server, collector)
+    alerts = [t for t in receiver.texts if "ALERT [deploy:production]" in t]
+    assert len(alerts) == 1, receiver.texts
+    assert f"production deploy FAILED: deploy by {entry['who']} at {entry['when']}" in alerts[0]
+    assert "health check failed: aiia_django_prod_" in alerts[0]
+    status_run(server, collector)  # still failed: no second notice within the 4 h reminder
+    assert sum("deploy:production" in t for t in receiver.texts) == 1, receiver.texts
+
+    good = server.fab(*server.deploy_args("production", "--why", "the fix"))
+    out = good.stdout + good.stderr
+    assert good.returncode == 0, out
+    fixed = server.deploy_log("production")[-1]
+    assert (fixed["action"], fixed["result"]) == ("deploy", "ok"), fixed
+    assert not receiver.got("RESOLVED", "deploy:production"), receiver.texts
+    status_run(server, collector)
+    resolved = [t for t in receiver.texts if "RESOLVED [deploy:production]" in t]
+    assert len(resolved) == 1, receiver.texts
+    assert f"production deploy ok: deploy by {fixed['who']} at {fixed['when']}" in resolved[0]
+    with capsys.disabled():
+        print(f"\n  alert: {alerts[0]}\n  resolved: {resolved[0]}")

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from opskit.deploy.history import Entry
 from tests.harness.core import ROOT, wait_until
 from tests.stack.stackkit import (
     BUILD_TIMEOUT_S,
@@ -315,31 +314,6 @@ def test_staging_down_alerts_drops_its_uptime_and_counts_the_5xx_share(
     collector.run()
     collector.run()
     assert receiver.got("RESOLVED", "health:staging"), receiver.texts
-
-
-def test_failed_deploy_alert_and_resolved(
-    server_stack, status_image, tmp_path, receiver, collectors
-):
-    """A failed deploy's line in logs/deploys.log (as the deploy engine writes it)."""
-    collector = collector_for(
-        collectors, server_stack, tmp_path, host_network=True, webhook=receiver.url
-    )
-    log = collector.logs / "deploys.log"
-    failed = Entry(when="2026-12-01T10:00:00+00:00", env="production", action="deploy",
-                   who="alice", result="failed", duration_s=40.0, release="r2",
-                   reason="health gate: /health/ never answered 200")  # fmt: skip
-    log.write_text(failed.to_line())
-    out = collector.run()
-    assert receiver.got("ALERT", "deploy:production"), (receiver.texts, out)
-    assert "health gate" in next(t for t in receiver.texts if "deploy:production" in t)
-    body = devstatus(server_stack)
-    assert "alice" in body and "health gate" in body
-    ok = Entry(when="2026-12-01T10:05:00+00:00", env="production", action="deploy", who="alice",
-               result="ok", duration_s=50.0, release="r3")  # fmt: skip
-    with log.open("a") as f:
-        f.write(ok.to_line())
-    collector.run()
-    assert receiver.got("RESOLVED", "deploy:production"), receiver.texts
 
 
 def test_cpu_alert_from_a_real_burner(server_stack, status_image, tmp_path, receiver, collectors):
