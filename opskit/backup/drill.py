@@ -34,6 +34,53 @@ IDENTITY_PATH = "~/.config/aiia/drill.key"
 SCHEDULE = "30 3 * * 0"  # Sundays 03:30: after the 02:00 and 02:30 backups
 
 
+# The drill's key pair on the server, made once by `fab install-cron` or `fab setup`: the
+# secret key (generated on the operator's machine, in memory, and sent on stdin, never in
+# argv) into ~/.config/aiia/drill.key, mode 0600, and its public key beside it (.pub), which
+# scripts/backup.sh encrypts each dump to. An existing key is never replaced. Prints
+# `present|created|absent RECIPIENT PATH` (absent: --dry-run only).
+KEY_SCRIPT = r"""set -eu
+key=${DRILL_IDENTITY:-$HOME/.config/aiia/drill.key}
+# stdin is read whole first, whatever happens next (the sender never meets a closed channel)
+IFS= read -r secret || true
+IFS= read -r public || true
+if [ -s "$key" ]; then
+  if [ ! -s "$key.pub" ]; then
+    echo "$key has no $key.pub beside it: move $key away and run fab install-cron" \
+      "(or fab setup) again" >&2
+    exit 3
+  fi
+  echo "present $(cat "$key.pub") $key"
+  exit 0
+fi
+[ "${1:-}" = --dry-run ] && { echo "absent - $key"; exit 0; }
+umask 077
+mkdir -p "$(dirname "$key")"
+case "$secret" in AGE-SECRET-KEY-1*) ;; *) echo "no key on stdin" >&2; exit 2 ;; esac
+t=$(mktemp "$key.XXXXXX")
+p=$(mktemp "$key.pub.XXXXXX")
+printf '# the restore drill key of this server (scripts/drill.sh), made by %s\n%s\n' \
+  "fab install-cron or fab setup" "$secret" > "$t"
+printf '%s\n' "$public" > "$p"
+chmod 644 "$p"
+mv -f "$p" "$key.pub"
+mv -f "$t" "$key"
+echo "created $public $key"
+"""
+
+
+def key_argv(*, dry_run: bool = False) -> list[str]:
+    return ["sh", "-c", KEY_SCRIPT, "sh", *(["--dry-run"] if dry_run else [])]
+
+
+def parse_key(stdout: str) -> tuple[str, str, str]:
+    """(state, recipient, path) from KEY_SCRIPT's last line."""
+    words = (stdout.strip().splitlines() or [""])[-1].split(maxsplit=2)
+    if len(words) != 3 or words[0] not in ("present", "created", "absent"):
+        raise ValueError(f"unexpected answer: {stdout.strip()!r}")
+    return words[0], words[1], words[2]
+
+
 @dataclass(frozen=True)
 class Outcome:
     ok: bool

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opskit.backup import drill
 from opskit.provision.state import CronJob
 
 # (id, schedule, command builder from the production and staging checkout paths)
@@ -23,6 +24,15 @@ JOBS: list[tuple[str, str, Callable[[str, str], list[str]]]] = [
     ("backup-staging", "30 2 * * *", lambda prod, stg: [f"{stg}/scripts/backup.sh", "staging"]),
     # twice a day, as certbot's own packaging schedules it (scripts/renew-certs.sh)
     ("renew-certs", "17 3,15 * * *", lambda prod, stg: [f"{prod}/scripts/renew-certs.sh"]),
+    # the status collector: every minute, nothing resident (the devstatus page, the alerts)
+    ("status", "* * * * *", lambda prod, stg: [f"{prod}/scripts/status.sh", "run"]),
+    # the weekly restore drill, after the night's backups, with its own key (the drill-key
+    # step of opskit.provision.steps)
+    (
+        "drill-production",
+        drill.SCHEDULE,
+        lambda prod, stg: [f"{prod}/scripts/drill.sh", "production"],
+    ),
 ]
 
 

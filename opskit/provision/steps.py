@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from opskit import appenv, certs
+from opskit import age, appenv, certs
 from opskit import environments as envs
+from opskit.backup import drill
 from opskit.commands import deploy as deploy_cmd
 from opskit.provision import envfiles, state
 from opskit.provision.cron import cron_jobs
@@ -741,6 +742,38 @@ def apply_certs(ctx: Context, plan: Plan) -> None:
                "exit 1"], "waiting for nginx to be healthy", timeout=90)  # fmt: skip
 
 
+# ============================================================================ drill key
+
+
+def read_drill_key(ctx: Context) -> tuple[str, str, str]:
+    """(present|absent, recipient, path) of the deploy user's restore-drill key."""
+    res = ctx.r.run(ctx.as_user(drill.key_argv(dry_run=True)), stdin="")
+    if res.ok:
+        try:
+            return drill.parse_key(res.stdout)
+        except ValueError:
+            pass
+    raise SetupError(f"the restore drill's key of {ctx.opts.user}: {res.tail(2)}")
+
+
+def plan_drill_key(found: tuple[str, str, str], opts: Options) -> Plan:
+    kind, _recipient, where = found
+    if kind == "present":
+        return Plan()
+    return Plan([f"the restore drill's key {where} (0600, as {opts.user}), its public key "
+                 "beside it"])  # fmt: skip
+
+
+def apply_drill_key(ctx: Context, plan: Plan) -> None:
+    # made here, in memory, and sent on stdin (never in argv); an existing key is kept
+    secret, public = age.generate_identity()
+    res = ctx.check(ctx.as_user(drill.key_argv()), "making the restore drill's key",
+                    stdin=f"{secret}\n{public}\n")  # fmt: skip
+    _kind, recipient, where = drill.parse_key(res.stdout)
+    ctx.notes.append(f"restore drill: its key is {where}; from the night's backup on, each "
+                     f"database dump is encrypted to {recipient} as well")  # fmt: skip
+
+
 # ============================================================================ cron
 
 
@@ -788,6 +821,8 @@ STEPS: tuple[Step, ...] = (
     _step("up", "first up, health-gated", read_stack, plan_stack, apply_stack),
     _step("migrations", "migrations", read_migrations, plan_migrations, apply_migrations),
     _step("certificates", "certificates", read_certs, plan_certs, apply_certs),
+    _step("drill-key", "the restore drill's key", read_drill_key, plan_drill_key,
+          apply_drill_key),
     _step("cron", "cron", read_cron, plan_cron, apply_cron),
 )  # fmt: skip
 STEP_NAMES = tuple(s.name for s in STEPS)

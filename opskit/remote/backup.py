@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -74,66 +75,34 @@ def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -
     return lines
 
 
-# The drill's key pair on the server, made once: the secret key (generated here, in memory,
-# and sent on stdin, never in argv) into ~/.config/aiia/drill.key, mode 0600, and its public
-# key beside it (.pub), which scripts/backup.sh encrypts each dump to. An existing key is
-# never replaced. Prints `present|created|absent RECIPIENT PATH` (absent: --dry-run only).
-DRILL_KEY_SCRIPT = r"""set -eu
-key=${DRILL_IDENTITY:-$HOME/.config/aiia/drill.key}
-# stdin is read whole first, whatever happens next (the sender never meets a closed channel)
-IFS= read -r secret || true
-IFS= read -r public || true
-if [ -s "$key" ]; then
-  if [ ! -s "$key.pub" ]; then
-    echo "$key has no $key.pub beside it: move $key away and run install-cron again" >&2
-    exit 3
-  fi
-  echo "present $(cat "$key.pub") $key"
-  exit 0
-fi
-[ "${1:-}" = --dry-run ] && { echo "absent - $key"; exit 0; }
-umask 077
-mkdir -p "$(dirname "$key")"
-case "$secret" in AGE-SECRET-KEY-1*) ;; *) echo "no key on stdin" >&2; exit 2 ;; esac
-t=$(mktemp "$key.XXXXXX")
-p=$(mktemp "$key.pub.XXXXXX")
-printf '# the restore drill key of this server (scripts/drill.sh), made by fab install-cron\n%s\n' \
-  "$secret" > "$t"
-printf '%s\n' "$public" > "$p"
-chmod 644 "$p"
-mv -f "$p" "$key.pub"
-mv -f "$t" "$key"
-echo "created $public $key"
-"""
+# The drill's key pair on the server, made once (opskit.backup.drill.KEY_SCRIPT); `fab setup`
+# makes it with the same script.
+DRILL_KEY_SCRIPT = drill.KEY_SCRIPT
+drill_key_argv = drill.key_argv
+parse_drill_key = drill.parse_key
 
 
-def drill_key_argv(*, dry_run: bool = False) -> list[str]:
-    return ["sh", "-c", DRILL_KEY_SCRIPT, "sh", *(["--dry-run"] if dry_run else [])]
-
-
-def parse_drill_key(stdout: str) -> tuple[str, str, str]:
-    """(state, recipient, path) from DRILL_KEY_SCRIPT's last line."""
-    words = (stdout.strip().splitlines() or [""])[-1].split(maxsplit=2)
-    if len(words) != 3 or words[0] not in ("present", "created", "absent"):
-        raise ValueError(f"unexpected answer: {stdout.strip()!r}")
-    return words[0], words[1], words[2]
+SETUP_MARK = re.compile(r"\s+# aiia:[\w.-]+\s*$")  # fab setup's mark of its lines
 
 
 def merge_crontab(current: str, line: str) -> tuple[str, bool]:
     """The crontab with `line` in it exactly once; (text, changed).
 
     An older entry for the same script and environment (another schedule, say) is
-    replaced, not doubled; every other line is kept as it was.
+    replaced, not doubled; `fab setup`'s own line of the entry (the same line with its
+    `# aiia:<id>` mark, opskit.provision.cron) is kept as it is; every other line is kept
+    as it was.
     """
     target = line.split()[-2:]  # script path and environment
     kept: list[str] = []
     found = False
     for existing in current.splitlines():
-        words = existing.split()
+        bare = SETUP_MARK.sub("", existing)
+        words = bare.split()
         ours = not existing.lstrip().startswith("#") and len(words) >= 7 and words[-2:] == target
         if ours:
             if not found:
-                kept.append(line)
+                kept.append(existing if bare == line else line)
             found = True
             continue
         kept.append(existing)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from opskit import age
 from opskit.provision import envfiles, state, steps
 from opskit.provision.cron import cron_jobs
 from opskit.remote import backup as backup_tasks
+from opskit.runner import LocalRunner, Result
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "provision"
 PROD = "/home/ubuntu/main/ai-ia-backend"
@@ -225,26 +229,46 @@ def test_cron_jobs_as_the_guide_writes_them_and_each_once():
     jobs = cron_jobs(PROD, STAGING)
     text, changed = state.merge_crontab("", jobs)
     assert text == fixture("crontab-ubuntu.txt")
-    assert changed == ["backup-production", "backup-staging", "renew-certs"]
+    assert changed == ["backup-production", "backup-staging", "renew-certs", "status",
+                       "drill-production"]  # fmt: skip
     assert state.merge_crontab(text, jobs) == (text, [])
 
 
-def test_cron_replaces_the_line_install_cron_made_and_keeps_the_rest():
+def test_cron_replaces_the_lines_install_cron_made_and_keeps_the_rest():
     theirs = "MAILTO=ops@eduaiia.com\n5 * * * * /usr/bin/true\n"
-    current = theirs + backup_tasks.cron_line(PROD, "production") + "\n"
+    current = theirs + "".join(f"{line}\n" for line in backup_tasks.cron_lines(PROD))
     text, changed = state.merge_crontab(current, cron_jobs(PROD, STAGING))
     assert text.startswith(theirs)
-    assert text.count("scripts/backup.sh production") == 1
-    assert "backup-production" in changed
+    for command in ("scripts/backup.sh production", "scripts/status.sh run",
+                    "scripts/drill.sh production"):  # fmt: skip
+        assert text.count(command) == 1, text
+    assert {"backup-production", "status", "drill-production"} <= set(changed)
+    # taken over in place, marked: the same lines as on a server setup made alone
+    assert sorted(text.splitlines()) == sorted(
+        theirs.splitlines() + fixture("crontab-ubuntu.txt").splitlines()
+    )
+
+
+def test_install_cron_after_setup_changes_nothing():
+    """`fab install-cron` on a server `fab setup` made: setup's marked lines are its own."""
+    text = fixture("crontab-ubuntu.txt")
+    for line in backup_tasks.cron_lines(PROD):
+        merged, changed = backup_tasks.merge_crontab(text, line)
+        assert (merged, changed) == (text, False), line
+    # another schedule by hand is still replaced, not doubled
+    moved = text.replace("0 2 * * * ", "0 4 * * * ")
+    merged, changed = backup_tasks.merge_crontab(moved, backup_tasks.cron_line(PROD))
+    assert changed and merged.count("scripts/backup.sh production") == 1
+    assert f"0 2 * * * {PROD}/scripts/backup.sh production\n" in merged
 
 
 def test_cron_takes_another_job_as_data():
-    extra = state.CronJob("status", "* * * * *", [f"{PROD}/scripts/status.sh"])
+    extra = state.CronJob("prune", "45 4 * * *", [f"{PROD}/scripts/prune.sh"])
     text, changed = state.merge_crontab(
         fixture("crontab-ubuntu.txt"), [*cron_jobs(PROD, STAGING), extra]
     )
-    assert changed == ["status"]
-    assert text.endswith(f"* * * * * {PROD}/scripts/status.sh # aiia:status\n")
+    assert changed == ["prune"]
+    assert text.endswith(f"45 4 * * * {PROD}/scripts/prune.sh # aiia:prune\n")
 
 
 # ----------------------------------------------------------------------------- compose
@@ -346,3 +370,83 @@ def test_app_env_files_are_rendered_when_missing_or_older_than_the_env_file():
     assert steps.STEP_NAMES.index("app-env") < steps.STEP_NAMES.index("images")
     with pytest.raises(steps.SetupError, match=r"/\.env: DJANGO_SECRET_KEY: a value with a line"):
         steps.plan_app_env({"django_prod": ('DJANGO_SECRET_KEY="a\nb"\n', None)}, opts)
+
+
+# ----------------------------------------------------------------------------- drill key
+
+
+class ThisMachine(LocalRunner):
+    """The server's commands run here: `runuser -u ubuntu -- env -C HOME argv` runs argv with
+    HOME set to a temporary home; the crontab is a string; every argv and stdin is kept."""
+
+    def __init__(self, home: Path, crontab: str = "") -> None:
+        super().__init__()
+        self.home = home
+        self.crontab = crontab
+        self.sent: list[tuple[tuple[str, ...], str]] = []
+
+    def run(self, argv, *, stdin=None, timeout=None):
+        argv = tuple(argv)
+        self.sent.append((argv, stdin or ""))
+        if argv[:2] == ("sh", "-c") and argv[2] == state.HOST_PROBE:
+            return Result(argv, 0, fixture("host-vps-debian12.txt"))
+        if argv == ("crontab", "-l", "-u", "ubuntu"):
+            if not self.crontab:
+                return Result(argv, 1, "", "no crontab for ubuntu\n")
+            return Result(argv, 0, self.crontab)
+        if argv == ("crontab", "-u", "ubuntu", "-"):
+            self.crontab = stdin or ""
+            return Result(argv, 0)
+        assert argv[:7] == ("runuser", "-u", "ubuntu", "--", "env", "-C", "/home/ubuntu"), argv
+        proc = subprocess.run(argv[7:], input=stdin or "", capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(self.home)})  # fmt: skip
+        return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def watching_steps() -> list[steps.Step]:
+    names = ("drill-key", "cron")
+    assert steps.STEP_NAMES[-2:] == names  # setup ends with them
+    return [s for s in steps.STEPS if s.name in names]
+
+
+def test_setup_ends_with_the_drill_key_and_every_cron_entry_each_once(tmp_path):
+    server = ThisMachine(tmp_path, crontab="MAILTO=ops@eduaiia.com\n")
+    said: list[str] = []
+    ctx = steps.Context(server, steps.Options(), say=said.append)
+    key = tmp_path / ".config" / "aiia" / "drill.key"
+
+    dry = steps.run(ctx, dry_run=True, steps=watching_steps())
+    assert [name for name, _ in dry.planned] == ["drill-key", "cron"]
+    shown = "\n".join(said)
+    assert f"would change: the restore drill's key {key} (0600, as ubuntu)" in shown
+    assert ("would change: crontab of ubuntu: backup-production, backup-staging, renew-certs, "
+            "status, drill-production") in shown  # fmt: skip
+    assert not key.exists() and server.crontab == "MAILTO=ops@eduaiia.com\n"
+
+    said.clear()
+    done = steps.run(ctx, steps=watching_steps())
+    assert done.changes == 2
+    assert server.crontab == "MAILTO=ops@eduaiia.com\n" + fixture("crontab-ubuntu.txt")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    (secret,) = age.parse_identity_file(key.read_text())
+    public = key.with_name("drill.key.pub").read_text().strip()
+    assert age.recipient_from_identity(secret) == public
+    assert ctx.notes == [f"restore drill: its key is {key}; from the night's backup on, each "
+                         f"database dump is encrypted to {public} as well"]  # fmt: skip
+    # the secret went on stdin only, and was never said
+    assert not any(secret in word for argv, _ in server.sent for word in argv)
+    assert [stdin for _, stdin in server.sent if secret in stdin] != []
+    assert secret not in "\n".join(said)
+
+    again = steps.run(ctx, steps=watching_steps())
+    assert again.changes == 0 and again.planned == []
+    assert key.read_text().count(secret) == 1
+
+
+def test_a_drill_key_without_its_public_key_stops_the_step_with_the_fix(tmp_path):
+    key = tmp_path / ".config" / "aiia" / "drill.key"
+    key.parent.mkdir(parents=True)
+    key.write_text(age.generate_identity()[0] + "\n")
+    ctx = steps.Context(ThisMachine(tmp_path), steps.Options(), say=lambda _: None)
+    with pytest.raises(steps.SetupError, match=r"step drill-key: .*move .* away and run"):
+        steps.run(ctx, steps=watching_steps())

@@ -104,7 +104,8 @@ def test_a_drill_key_without_its_public_key_says_what_to_do(tmp_path):
     key.write_text(age.generate_identity()[0] + "\n")
     done = key_script(tmp_path, "")
     assert done.returncode == 3
-    assert f"{key} has no {key}.pub beside it: move {key} away and run install-cron" in done.stderr
+    assert (f"{key} has no {key}.pub beside it: move {key} away and run fab install-cron (or "
+            "fab setup) again") in done.stderr  # fmt: skip
 
 
 # --- backups encrypted to the drill's key too ----------------------------------------------

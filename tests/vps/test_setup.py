@@ -3,7 +3,8 @@
 One story, in the order an operator lives it (each VPS boots once; the run is costly):
 1. the first run loses its SSH connection in the middle of a named step;
 2. run again, it completes: production and staging answer 200 through the VPS's
-   published 443 with certificates pebble issued through nginx's webroot;
+   published 443 with certificates pebble issued through nginx's webroot; the crontab it
+   installed runs the status collector as the deploy user;
 3. a third run reports 0 changes and restarts nothing;
 4. `fab deploy --image` from the registry works on the server setup made.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from opskit import certs, settings
-from tests.harness.core import ROOT
+from tests.harness.core import ROOT, wait_until
 from tests.vps import setupkit
 
 PROD, STAGING = "eduaiia.com", "staging.eduaiia.com"
@@ -64,7 +65,10 @@ class Setup:
         return int(head.split()[1]), issuer
 
     def started_at(self) -> dict[str, str]:
-        out = self.vps.exec("sh", "-c", "docker ps --format '{{.Names}}' | xargs docker inspect "
+        """The stack's containers' start times (not the collector's, which cron starts and
+        removes every minute)."""
+        out = self.vps.exec("sh", "-c", "docker ps --format '{{.Names}}' | grep -v "
+                            "'^aiia_status_' | xargs docker inspect "
                             "--format '{{.Name}} {{.State.StartedAt}}'").stdout  # fmt: skip
         return dict(line.split() for line in out.splitlines())
 
@@ -157,9 +161,16 @@ def test_nothing_is_duplicated_after_the_interrupted_run(setup_done):
     assert merged["cgroup-parent"] == f"/docker/{v.id}"
     assert merged["live-restore"] is True and merged["userland-proxy"] is False
     crontab = v.exec("crontab", "-l", "-u", "ubuntu").stdout
-    for mark in ("aiia:backup-production", "aiia:backup-staging", "aiia:renew-certs"):
+    for mark in ("aiia:backup-production", "aiia:backup-staging", "aiia:renew-certs",
+                 "aiia:status", "aiia:drill-production"):  # fmt: skip
         assert crontab.count(mark) == 1, crontab
     assert "0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production" in crontab
+    assert "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run" in crontab
+    assert "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production" in crontab
+    # the drill's key, the deploy user's alone, with its public key beside it
+    key = "/home/ubuntu/.config/aiia/drill.key"
+    assert v.exec("stat", "-c", "%a %U", key).stdout.split() == ["600", "ubuntu"]
+    assert v.exec("cat", f"{key}.pub").stdout.startswith("age1")
     fstab = v.exec("cat", "/etc/fstab").stdout
     assert fstab.count("/swapfile") <= 1
     firewall = v.exec("nft", "list", "table", "inet", "aiia_filter").stdout
@@ -172,6 +183,25 @@ def test_nothing_is_duplicated_after_the_interrupted_run(setup_done):
     units = ["unattended-upgrades.service", "apt-daily-upgrade.timer"]
     enabled = v.exec("systemctl", "is-enabled", *units, check=False).stdout.split()
     assert enabled == ["disabled", "enabled"], enabled
+
+
+def test_cron_runs_the_status_collector_as_the_deploy_user(setup_done):
+    """The crontab setup installed is live: within a couple of minutes cron has run
+    scripts/status.sh as ubuntu, which wrote its run line and the devstatus page."""
+    v = setup_done.vps
+    log = "/home/ubuntu/main/ai-ia-backend/logs/status.log"
+
+    def ran() -> str | None:
+        text = v.exec("cat", log, check=False).stdout
+        return text if re.search(r"^status: run at \d+: \d+ containers", text, re.M) else None
+
+    # a bound on the wait for cron's next minute and one run on a shared machine, not a
+    # measure of speed
+    wait_until(ran, timeout=300, interval=5, what=f"cron's first collector run ({log})")
+    assert v.exec("stat", "-c", "%U", log).stdout.strip() == "ubuntu"
+    page = v.exec("docker", "run", "--rm", "-v", "aiia_status:/s:ro", "--entrypoint", "cat",
+                  "aiia/backup:latest", "/s/index.html").stdout  # fmt: skip
+    assert "aiia status" in page and page.count("<svg") >= 5
 
 
 def test_env_files_are_private_and_their_secrets_never_printed(setup_done):
