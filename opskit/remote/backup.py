@@ -327,8 +327,8 @@ def _remote_settings(c, root: str, env: str) -> dict[str, str]:
     help={
         "env": ENV_HELP,
         "path": PATH_HELP,
-        "user": "whose crontab (default: the SSH user's own, whose ~/.config/aiia holds the "
-        "drill's key)",
+        "user": "whose crontab and drill key (default: the SSH user's own; another user "
+        "needs root over SSH: its key is made as that user, in its ~/.config/aiia)",
         "dry-run": "print the crontab it would install; change nothing",
     }
 )
@@ -337,8 +337,9 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
 
     The guide's 02:00 backup and, with production, the status collector every minute
     (scripts/status.sh) and the restore drill on Sundays at 03:30 (scripts/drill.sh), whose
-    key pair it makes on the server the first time (~/.config/aiia/drill.key, 0600; the
-    backups are encrypted to its public key too). Running it again changes nothing."""
+    key pair it makes on the server the first time (~/.config/aiia/drill.key, 0600, of the
+    crontab's user; the backups are encrypted to its public key too). Running it again
+    changes nothing."""
     root = checkout(env, path)
     lines = cron_lines(root, env)
     current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,
@@ -347,7 +348,9 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
         raise Exit(f"crontab -l failed on {c.host}: {current.stderr.strip()} (is cron "
                    "installed? apt-get install cron)", 1)  # fmt: skip
     if env == "production":
-        _drill_key(c, dry_run=dry_run)
+        # the key of the user cron runs the drill and the backups as: theirs, in their home
+        other = user if user and user != getattr(c, "user", None) else None
+        _drill_key(c, as_user=other, dry_run=dry_run)
     text = current.stdout if current.ok else ""
     changed = []
     for line in lines:
@@ -365,12 +368,19 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
         print(f"install-cron: {'installed' if line in changed else 'already installed'}: {line}")
 
 
-def _drill_key(c, *, dry_run: bool) -> None:
+def drill_key_command(as_user: str | None, *, dry_run: bool = False) -> str:
+    """DRILL_KEY_SCRIPT as the SSH user, or as `as_user` (runuser: root only; it sets HOME,
+    so the key goes into that user's ~/.config/aiia, owned by them)."""
+    argv = drill_key_argv(dry_run=dry_run)
+    return shlex.join(["runuser", "-u", as_user, "--", *argv] if as_user else argv)
+
+
+def _drill_key(c, *, as_user: str | None = None, dry_run: bool) -> None:
     """The drill's key pair on the server, made once (DRILL_KEY_SCRIPT)."""
     import io
 
     secret, public = age.generate_identity()
-    done = c.run(shlex.join(drill_key_argv(dry_run=dry_run)), hide=True, warn=True,
+    done = c.run(drill_key_command(as_user, dry_run=dry_run), hide=True, warn=True,
                  in_stream=io.StringIO(f"{secret}\n{public}\n"))  # fmt: skip
     try:
         state, recipient, where = parse_drill_key(done.stdout) if done.ok else ("", "", "")

@@ -1,4 +1,4 @@
-"""Fixtures of the remote tier's cron tests: a throwaway crontab, and the place of the
+"""Fixtures of the remote tier's cron tests: a throwaway crontab user, and the place of the
 server's restore-drill key kept as it was."""
 
 from __future__ import annotations
@@ -18,17 +18,25 @@ DRILL_KEY_LOCK = "/tmp/aiia-drill-key.lock"
 
 
 @pytest.fixture
-def cron_user():
-    """A throwaway OS user whose crontab `fab install-cron --user` edits (never root's)."""
+def cron_user(ssh_host):
+    """A throwaway name for the SSH user (same uid, gid and home), for `fab install-cron
+    --user`: its crontab is a file of its own, so the SSH user's (root's) is never touched,
+    and as another user than the one logged in, install-cron makes the drill's key as it
+    (runuser), in the home the test then finds the key in and runs the lines with."""
     require_binary("crontab", "packages")
+    require_binary("runuser", "packages")
     name = f"aiiacron{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+    me = pwd.getpwnam(ssh_host.user)
+    subprocess.run(["useradd", "--non-unique", "--uid", str(me.pw_uid), "--gid", str(me.pw_gid),
+                    "--no-user-group", "--no-create-home", "--home-dir", me.pw_dir,
+                    "--shell", "/usr/sbin/nologin", name],
                    check=True, capture_output=True)  # fmt: skip
     try:
         yield name
     finally:
         subprocess.run(["crontab", "-r", "-u", name], capture_output=True, check=False)
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+        # --force: the uid is in use (it is the SSH user's); only the name goes
+        subprocess.run(["userdel", "--force", name], capture_output=True, check=False)
 
 
 def crontab_of(user: str) -> str:
@@ -37,8 +45,9 @@ def crontab_of(user: str) -> str:
 
 @pytest.fixture
 def drill_key(ssh_host):
-    """Where `fab install-cron` makes the drill's key on "the server" (the SSH user's
-    ~/.config/aiia/drill.key): absent during the test, put back as it was afterwards."""
+    """Where `fab install-cron --user CRON_USER` makes the drill's key on "the server" (the
+    cron user's ~/.config/aiia/drill.key, which is the SSH user's home): absent during the
+    test, put back as it was afterwards."""
     key = Path(pwd.getpwnam(ssh_host.user).pw_dir) / ".config" / "aiia" / "drill.key"
     pub = key.with_name(key.name + ".pub")
     with open(DRILL_KEY_LOCK, "a") as lock:

@@ -1,9 +1,10 @@
 """The weekly restore drill on the real server stack, as cron runs it.
 
-`fab install-cron` over real SSH makes the drill's key on "the server" (this machine) and
-installs the lines (in a throwaway user's crontab; root's is never touched). The backup and
-drill lines' commands then run as cron runs them (/bin/sh -c, cron's environment, as the SSH
-user whose key it is): the backup encrypts its dump to the drill's key too, the drill
+`fab install-cron --user` over real SSH installs the lines in a throwaway user's crontab
+(another name for the SSH user, root, whose own crontab is never touched) and makes the
+drill's key on "the server" (this machine) as that user, in its home. The backup and drill
+lines' commands then run as cron runs them for it (/bin/sh -c, cron's environment, its uid
+and HOME): the backup encrypts its dump to the drill's key too, the drill
 restores it into a scratch database through the host's `docker exec` into aiia_postgresql,
 checks and drops it, and writes logs/drill.json. The status collector (scripts/status.sh)
 then shows it on the devstatus page; a truncated set fails the drill and the collector
@@ -122,12 +123,12 @@ def test_the_weekly_drill_from_cron_restores_the_newest_backup_and_a_bad_set_ale
     assert crontab_of(cron_user).splitlines() == lines
 
     # the night's backup, then Sunday's drill, as cron runs them
-    backup = as_cron(backup_line, ssh_host.user)
+    backup = as_cron(backup_line, cron_user)
     assert backup.returncode == 0, backup.stderr
     set_dir = server.prod / "backups" / backup.stdout.strip().rsplit("/", 1)[-1]
     pub = drill_key.with_name("drill.key.pub").read_text().strip()
     assert f"drill_recipient = {pub}" in (set_dir / "MANIFEST.txt").read_text()
-    drill = as_cron(drill_line, ssh_host.user)
+    drill = as_cron(drill_line, cron_user)
     assert drill.returncode == 0, drill.stderr
     result = json.loads((server.prod / "logs" / "drill.json").read_text())
     assert result["ok"] is True and result["set"] == set_dir.name, result
@@ -146,7 +147,7 @@ def test_the_weekly_drill_from_cron_restores_the_newest_backup_and_a_bad_set_ale
     dump = set_dir / "database.dump.age"
     with open(dump, "r+b") as f:
         f.truncate(dump.stat().st_size // 2)
-    drill = as_cron(drill_line, ssh_host.user)
+    drill = as_cron(drill_line, cron_user)
     assert drill.returncode == 1
     failed = json.loads((server.prod / "logs" / "drill.json").read_text())
     assert failed["ok"] is False and failed["set"] == set_dir.name

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fabric import Connection
 
 from opskit import age
 from opskit.backup import __main__ as backup_main
@@ -106,6 +107,40 @@ def test_a_drill_key_without_its_public_key_says_what_to_do(tmp_path):
     assert done.returncode == 3
     assert (f"{key} has no {key}.pub beside it: move {key} away and run fab install-cron (or "
             "fab setup) again") in done.stderr  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "user", ["other", "ubuntu", None], ids=["another-user", "itself", "default"]
+)
+def test_install_cron_makes_the_key_of_the_user_whose_crontab_it_is(user, capsys):
+    """`--user other` (root over SSH): the lines go into other's crontab and the key is
+    made as other (runuser sets HOME), in the home cron runs the drill with; for the SSH
+    user itself (ubuntu here) or by default, the key is made as the SSH user."""
+    from fabric.testing.base import Command, MockRemote
+
+    prod = "/home/ubuntu/main/ai-ia-backend"
+    home = "/root" if user is None else f"/home/{user}"
+    key = f"{home}/.config/aiia/drill.key"
+    crontab = ["crontab", *(["-u", user] if user else [])]
+    lines = "".join(f"{line}\n" for line in rb.cron_lines(prod))
+    key_command = rb.drill_key_command("other" if user == "other" else None)
+    assert key_command.startswith("runuser -u other -- sh -c ") == (user == "other")
+    remote = MockRemote()
+    remote.expect(commands=[
+        Command(cmd=" ".join([*crontab, "-l"]), out=b"MAILTO=ops@eduaiia.com\n"),
+        Command(cmd=key_command, out=f"created age1drill {key}\n".encode()),
+        Command(cmd=" ".join([*crontab, "-"]), in_=f"MAILTO=ops@eduaiia.com\n{lines}".encode()),
+    ])  # fmt: skip
+    try:
+        rb.install_cron(Connection("server.example", user="ubuntu"), path=prod, user=user)
+    finally:
+        try:
+            remote.safety()
+        finally:
+            remote.stop()
+    out = capsys.readouterr().out
+    assert f"made the drill's key {key} (0600), public key age1drill" in out
+    assert out.count("install-cron: installed: ") == 3
 
 
 # --- backups encrypted to the drill's key too ----------------------------------------------

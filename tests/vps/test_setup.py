@@ -261,6 +261,24 @@ def test_a_second_run_changes_nothing_and_restarts_nothing(setup_done):
     assert setup_done.started_at() == before
 
 
+def test_install_cron_as_root_for_the_deploy_user_finds_what_setup_made(setup_done):
+    """`fab install-cron --user ubuntu` over root's SSH after setup: the key it looks for is
+    ubuntu's (the user cron runs the drill as), already there; its lines are setup's, already
+    installed; nothing changes and nothing is made in root's home."""
+    v = setup_done.vps
+    key = "/home/ubuntu/.config/aiia/drill.key"
+    public = v.exec("cat", f"{key}.pub").stdout.strip()
+    before = v.exec("crontab", "-l", "-u", "ubuntu").stdout
+    proc = subprocess.run(v.fab_argv("install-cron", "--user", "ubuntu"), capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    setup_done.outputs.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"install-cron: the drill's key is already there: {key} ({public})" in proc.stdout
+    assert proc.stdout.count("install-cron: already installed: ") == 3, proc.stdout
+    assert v.exec("crontab", "-l", "-u", "ubuntu").stdout == before
+    assert v.exec("test", "-e", "/root/.config/aiia", check=False).returncode != 0
+
+
 def test_deploy_from_the_registry_right_after_setup(setup_done, vps_cluster):
     image = vps_cluster.registry.push("aiia/app:production", "aiia/app:after-setup")
     v = setup_done.vps
