@@ -23,9 +23,9 @@
 #                 `none` leaves media out of the set, on the operator's word)
 #   NETWORK       the stack's network (default: aiia_network)
 #   DRILL_IDENTITY the restore drill's key (default: ~/.config/aiia/drill.key, made by
-#                 `fab install-cron`): when its public key, DRILL_IDENTITY.pub, is there, the
-#                 database dump (only it) is encrypted to it as well, so scripts/drill.sh can
-#                 restore it on the server
+#                 `fab setup` or `fab install-cron`): when its public key, DRILL_IDENTITY.pub,
+#                 is there, the database dump (only it) is encrypted to it as well, so
+#                 scripts/drill.sh can restore it on the server
 #
 # Output: progress on stderr, the new set's path on stdout; a log per run in
 # logs/backup_<env>_<UTC time>.log. Exit status: 0 good (offsite trouble is a WARNING and

@@ -17,8 +17,8 @@
 #   (opskit/backup/relay.py), so the decrypted dump is never stored. Nothing else is run.
 #
 #   It decrypts with the server's drill key, DRILL_IDENTITY (default
-#   ~/.config/aiia/drill.key, mode 0600, made once by `fab install-cron`; the operator's key
-#   never comes to the server). scripts/backup.sh encrypts each database dump to its public
+#   ~/.config/aiia/drill.key, mode 0600, made once by `fab setup` or `fab install-cron`; the
+#   operator's key never comes to the server). scripts/backup.sh encrypts each database dump to its public
 #   key (the same path with .pub) as well as to BACKUP_AGE_RECIPIENT.
 #
 # Environment (all optional):
