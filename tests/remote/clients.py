@@ -1,15 +1,19 @@
 """Three kinds of client sending requests through nginx while something happens to it.
 
 - kept-alive HTTP/1.1: wrk, each connection reused request after request (GET and POST);
-- HTTP/2: h2load, several streams on each connection (GET and POST);
+- HTTP/2: several streams on each connection (GET and POST), sent as a browser sends them:
+  a stream the server's GOAWAY says it never processed is sent again on a new connection
+  (RFC 9113 §6.8; tests/remote/h2client.py); h2load, which never sends one again, can be
+  run beside it for comparison (`h2load=True`, printed);
 - one request per connection: tests.remote.deploy_support.Load (GET and POST).
 
 Each runs in a loop of short, bounded runs (RUN_S seconds each, at most `max_s` in all)
-until stopped, at a bounded rate (wrk waits between requests, h2load has --rps, Load its
-rate), on loopback only. Every run's figures are summed: requests, and errors by kind
-(status: an answer other than the expected one; connect, read, write, timeout). A GET
-expects 200; a POST to the notes API without a session expects the app's own 403, which
-proves it went through nginx to gunicorn and back (nginx's own failures are 502/504).
+until stopped, at a bounded rate (wrk waits between requests, the HTTP/2 client and h2load
+have a rate per connection, Load its rate), on loopback only. Every run's figures are
+summed: requests, and errors by kind (status: an answer other than the expected one;
+connect, read, write, timeout). A GET expects 200; a POST to the notes API without a
+session expects the app's own 403, which proves it went through nginx to gunicorn and
+back (nginx's own failures are 502/504).
 
 wrk takes the site's name from its URL for SNI and resolves it with the system resolver,
 so it runs in a mount namespace of its own where /etc/hosts maps the site names to
@@ -73,6 +77,8 @@ class Tally:
     statuses: dict[str, int] = field(default_factory=dict)
     runs: int = 0
     problems: list[str] = field(default_factory=list)
+    # HTTP/2 streams a GOAWAY or REFUSED_STREAM said were not processed, sent again
+    retried: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -81,9 +87,10 @@ class Tally:
     def line(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.errors.items())
         seen = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        again = ", ".join(f"{k}: {v}" for k, v in self.retried.items())
         return (
             f"{self.name:<34} {self.requests:6d} requests, {self.failed} errors "
-            f"({kinds}); answers {seen or '-'}; {self.runs} runs"
+            f"({kinds}); answers {seen or '-'}; {self.runs} runs" + (f"; {again}" if again else "")
         )
 
 
@@ -199,6 +206,57 @@ class H2Loop(_Looper):
         self._add(*parse_h2load(out.stdout, self.expect))
 
 
+class H2BrowserLoop(_Looper):
+    """HTTP/2 as a browser sends it: streams a GOAWAY (or REFUSED_STREAM) says the server
+    never processed are sent again on a new connection (tests/remote/h2client.py)."""
+
+    def __init__(self, tally, max_s, *, host, port, path, method, expect, connections,
+                 rps) -> None:  # fmt: skip
+        super().__init__(tally, max_s)
+        from tests.remote.h2client import Browser
+
+        body = POST_BODY.encode()
+        self.browsers = [
+            Browser(
+                host=host, port=port, path=path, method=method, expect=expect, body=body, rps=rps
+            )  # fmt: skip
+            for _ in range(connections)
+        ]
+
+    def one_run(self) -> None:
+        results: list = [None] * len(self.browsers)
+
+        def drive(i: int) -> None:
+            try:
+                results[i] = self.browsers[i].run(RUN_S, self._stop)
+            except Exception as exc:  # noqa: BLE001 - reported with the figures
+                results[i] = exc
+
+        threads = [threading.Thread(target=drive, args=(i,)) for i in range(len(self.browsers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for fig in results:
+            if isinstance(fig, Exception):
+                import traceback
+
+                where = traceback.format_exception(fig)[-3:]
+                raise RuntimeError(f"an HTTP/2 client failed: {''.join(where)}") from fig
+            self._add(fig.requests, fig.errors, fig.statuses)
+            self.tally.runs -= 1
+            for key, n in (("GOAWAYs received", fig.goaways),
+                           ("sent again after GOAWAY", fig.retried_goaway),
+                           ("after REFUSED_STREAM", fig.retried_refused)):  # fmt: skip
+                self.tally.retried[key] = self.tally.retried.get(key, 0) + n
+        self.tally.runs += 1
+
+    def stop(self) -> None:
+        super().stop()
+        for b in self.browsers:
+            b.close()
+
+
 class PerConnection(_Looper):
     """One request per connection (`Connection: close`), from deploy_support.Load's code."""
 
@@ -252,7 +310,14 @@ class Clients:
     """All three kinds, GET and POST, through nginx to one site, for one case."""
 
     def __init__(
-        self, server, host: str, work: Path, *, max_s: float = 600, post_expect: int = 403
+        self,
+        server,
+        host: str,
+        work: Path,
+        *,
+        max_s: float = 600,
+        post_expect: int = 403,
+        h2load: bool = False,
     ) -> None:
         for exe in ("wrk", "h2load", "unshare"):
             if not shutil.which(exe):
@@ -285,10 +350,17 @@ class Clients:
         add("kept-alive HTTP/1.1 POST (wrk)", WrkLoop, url=url + post, hosts_file=hosts,
             script=script, method="POST", expect=post_expect, connections=1,
             pause_ms=200)  # fmt: skip
-        add("HTTP/2 GET (h2load)", H2Loop, url=f"https://{host}{get}", port=port,
-            method="GET", expect=200, body_file=body, clients=2, rps=5)  # fmt: skip
-        add("HTTP/2 POST (h2load)", H2Loop, url=f"https://{host}{post}", port=port,
-            method="POST", expect=post_expect, body_file=body, clients=1, rps=3)  # fmt: skip
+        # HTTP/2 as browsers send it: 2 connections at 5 GET/s each, 1 at 3 POST/s
+        add("HTTP/2 GET (h2, as a browser)", H2BrowserLoop, host=host, port=port, path=get,
+            method="GET", expect=200, connections=2, rps=5)  # fmt: skip
+        add("HTTP/2 POST (h2, as a browser)", H2BrowserLoop, host=host, port=port, path=post,
+            method="POST", expect=post_expect, connections=1, rps=3)  # fmt: skip
+        if h2load:
+            # nghttp2's h2load, which sends no stream again: printed beside, for comparison
+            add("HTTP/2 GET (h2load)", H2Loop, url=f"https://{host}{get}", port=port,
+                method="GET", expect=200, body_file=body, clients=2, rps=5)  # fmt: skip
+            add("HTTP/2 POST (h2load)", H2Loop, url=f"https://{host}{post}", port=port,
+                method="POST", expect=post_expect, body_file=body, clients=1, rps=3)  # fmt: skip
         add("one request per connection GET", PerConnection, server=server, host=host,
             path=get, method="GET", expect=200, rate=8)  # fmt: skip
         add("one request per connection POST", PerConnection, server=server, host=host,
