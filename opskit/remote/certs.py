@@ -190,9 +190,12 @@ def renew(
     if not dry_run:
         sni = _sni(after, name)
         served, _ = read_served_cert(r, sni)
-        if after.serial != before.serial or served is None or served.serial != after.serial:
-            # certbot's deploy hook has reloaded already when it renewed; reloading again is
-            # graceful and covers an image without the hook or a hook that failed
+        if served is None or served.serial != after.serial:
+            # certbot's deploy hook (aiia-reload) reloads when it renews and returns once
+            # nginx serves the new certificate: a reload here is for an image without the
+            # hook, a hook that failed, or a certificate renewed earlier and never reloaded.
+            # Not one more after the hook's: each reload ends every HTTP/2 connection with a
+            # GOAWAY and holds kept-alive clients to one request per connection for 16 s
             reload_nginx(r)
             reloaded = True
             served, error = wait_in_service(r, after, sni, sleep=sleep)
