@@ -2,10 +2,13 @@
 
 Usage:
     python bench/vps_levers.py -H root@HOST[:PORT] [-i KEY] [--levers NAME,NAME]
-        [--rounds 2] [--settle-s 30] [--samples 10] [--json FILE]
+        [--rounds 2] [--settle-s 30] [--samples 10] [--load-seconds 0 --https HOST:PORT]
+        [--json FILE]
 
 For each lever, its two states take turns (off, on, off, on, ... `--rounds` times each):
-the state's script runs over SSH as root, the server settles for `--settle-s`, then
+the state's script runs over SSH as root, `--load-seconds` of bench/vps_memory.py's 100
+users run through `--https` when asked (what a worker grows to shows only once it has
+served), the server settles for `--settle-s`, then
 `--samples` readings 1 s apart with bench/vps_memory.py's probe give the machine's figure
 (its memory cgroup, usage minus inactive page cache: median and highest) and its parts
 (dockerd, containerd, the shims, the containers, the cgroups below the machine's). The
@@ -21,13 +24,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.vps_memory import Server  # noqa: E402
+from bench.vps_memory import LOAD_PATHS, Server, users  # noqa: E402
 
 # what every engine restart waits for: the daemon answers and the stack is healthy again
 WAIT_ENGINE = r"""
@@ -146,7 +150,7 @@ def found_states(server: Server, levers: list[Lever]) -> str:
 
 
 def run_lever(server: Server, lever: Lever, rounds: int, settle_s: float, samples: int,
-              restore: str):  # fmt: skip
+              restore: str, load: Callable[[], object] | None = None):  # fmt: skip
     readings: list[Reading] = []
     try:
         for rnd in range(1, rounds + 1):
@@ -154,6 +158,8 @@ def run_lever(server: Server, lever: Lever, rounds: int, settle_s: float, sample
                 res = server.c.run(getattr(lever, state), hide=True, warn=True, timeout=600)
                 if not res.ok:
                     print(f"{lever.name} {state}: exit {res.exited}: {res.stderr[-500:]}")
+                if load is not None:
+                    print(f"  {lever.name} round {rnd} {state}: load {load()}")
                 time.sleep(settle_s)
                 readings.append(measure(server, state, rnd, samples))
                 med = statistics.median(readings[-1].machine)
@@ -227,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--settle-s", type=float, default=30)
     ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument(
+        "--load-seconds",
+        type=float,
+        default=0,
+        help="100 users for this long after each switch, before the settle",
+    )
+    ap.add_argument("--https", help="HOST:PORT that reaches the server's 443 (default: HOST:443)")
     ap.add_argument("--together", action="store_true",
                     help="the chosen levers as one: all off against all on")  # fmt: skip
     ap.add_argument("--json", dest="json_file")
@@ -237,12 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.host, args.key)
     chosen = [LEVERS[n] for n in args.levers.split(",")]
     groups = [chosen] if args.together else [[lv] for lv in chosen]
+    https = args.https or f"{args.host.rpartition('@')[2].partition(':')[0]}:443"
+    load = None
+    if args.load_seconds > 0:
+
+        def load() -> dict:
+            counts = users(https, 100, args.load_seconds, LOAD_PATHS)
+            return {str(k): v for k, v in counts.items()}
+
     results = []
     for group in groups:
         lever = together(group) if len(group) > 1 else group[0]
         print(f"{lever.name}: {lever.what}")
         restore = found_states(server, group)
-        readings = run_lever(server, lever, args.rounds, args.settle_s, args.samples, restore)
+        readings = run_lever(server, lever, args.rounds, args.settle_s, args.samples, restore, load)
         results.append(summary(lever, readings))
     print(table(results))
     text = json.dumps(results, indent=2)

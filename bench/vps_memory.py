@@ -49,10 +49,33 @@ from bench.memory import GUIDE_CONTAINERS  # noqa: E402
 
 MIB = 2**20
 DAEMONS = ("dockerd", "containerd", "containerd-shim", "docker-proxy")
-PROBE = r"""
+# The running containers, "PID NAME" a line, read from the engine's own state files rather
+# than with the docker CLI: a 45 MB binary run every second keeps its pages in the active
+# page cache, which the machine's figure counts (measured: ssh.service's cgroup, where
+# commands over SSH run, held 37 MiB of active page cache; docs/server.md). The CLI only
+# where those files are not readable (another data root, or not root).
+CONTAINERS = r"""
+found=
+for f in /var/lib/docker/containers/*/config.v2.json; do
+  [ -r "$f" ] || continue
+  found=1
+  pid=$(grep -o '"Pid":[0-9]*' "$f" | head -n 1 | cut -d: -f2)
+  { [ -n "$pid" ] && [ "$pid" != 0 ]; } || continue
+  name=$(grep -o '"Name":"/[^"]*"' "$f" | head -n 1 | cut -d'"' -f4)
+  id=${f%/config.v2.json}
+  echo "$pid $name ${id##*/}"
+done
+if [ -z "$found" ]; then
+  ids=$(docker ps -q --no-trunc)
+  [ -z "$ids" ] || docker inspect --format '{{.State.Pid}} {{.Name}} {{.Id}}' $ids
+fi
+"""
+PROBE = (
+    r"""
 echo '## containers'
-ids=$(docker ps -q)
-[ -z "$ids" ] || docker inspect --format '{{.State.Pid}} {{.Name}}' $ids | while read pid name; do
+{ """
+    + CONTAINERS
+    + r"""} | while read pid name id; do
   p=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/$pid/cgroup 2>/dev/null)
   # a container that exited between docker inspect and here has no cgroup left to read
   # (an empty path would read the host's root cgroup)
@@ -100,11 +123,13 @@ while :; do
 done
 echo '## oom'; dmesg 2>/dev/null | grep 'oom-kill:' || true
 """
+)
 # Where the machine's memory goes, once per phase with --breakdown: the machine cgroup's
 # own composition (anonymous, shared memory, active and inactive page cache, kernel), the
 # figure of every cgroup below it two levels deep (systemd's units, each container) and
 # every process's PSS split into anonymous, file and shared memory.
-BREAKDOWN = r"""
+BREAKDOWN = (
+    r"""
 p=$(awk -F: '$2=="memory"||$1=="0"{print $3; exit}' /proc/1/cgroup)
 big=4611686018427387904
 while :; do
@@ -142,7 +167,9 @@ find $d -mindepth 1 -maxdepth 2 -type d | while read g; do
   echo "${g#$d/} $(( ${u:-0} - ${i:-0} ))"
 done
 echo '## names'
-docker ps --no-trunc --format '{{.ID}} {{.Names}}' 2>/dev/null
+{ """
+    + CONTAINERS
+    + r"""} | while read pid name id; do echo "$id ${name#/}"; done
 echo '## procs'
 for p in $(ls /proc | grep -E '^[0-9]+$'); do
   [ -r /proc/$p/smaps_rollup ] || continue
@@ -154,6 +181,7 @@ for p in $(ls /proc | grep -E '^[0-9]+$'); do
     /proc/$p/smaps_rollup 2>/dev/null
 done
 """
+)
 
 
 def sections(text: str) -> dict[str, list[str]]:
@@ -209,9 +237,18 @@ class Peak:
     limit_mb: float = 0.0
     oom_kills: int = 0
     samples: int = 0
+    # the sample in which the machine's figure was highest: what held it at that moment
+    # (the rows above are each part's own highest, taken at different moments)
+    at_peak: Sample | None = None
+    # and when, in seconds from the phase's start (to set beside a deploy's step timings)
+    peak_at_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
 
     def add(self, s: Sample) -> None:
         self.samples += 1
+        if self.at_peak is None or s.machine_mb > self.at_peak.machine_mb:
+            self.at_peak = s
+            self.peak_at_s = time.monotonic() - self.started
         for k, v in s.containers.items():
             self.containers[k] = max(self.containers.get(k, 0.0), v)
         for k, (n, mb) in s.daemons.items():
@@ -405,6 +442,16 @@ def users(address: str, n: int, seconds: float, paths: list[tuple[str, str]]) ->
     return counts
 
 
+# what the simulated users ask for: production's notes API, admin login and health,
+# staging's notes API
+LOAD_PATHS = [
+    ("eduaiia.com", "/api/notes/"),
+    ("eduaiia.com", "/admin/login/"),
+    ("staging.eduaiia.com", "/api/notes/"),
+    ("eduaiia.com", "/health/"),
+]
+
+
 def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
     names = [c for c in GUIDE_CONTAINERS]
     for p in phases.values():
@@ -440,6 +487,21 @@ def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
     )
     row("**machine cgroup, all of it**", [f"**{p.machine_mb:.1f}**" for p in phases.values()])
     row("of it not page cache", [f"{p.pinned_mb:.1f}" for p in phases.values()])
+
+    def at_peak(p: Peak, what: str) -> str:
+        s = p.at_peak
+        if s is None:
+            return "-"
+        if what == "containers":
+            return f"{sum(s.containers.values()):.1f} ({len(s.containers)})"
+        if what == "daemons":
+            return f"{sum(mb for _, mb in s.daemons.values()):.1f}"
+        return f"{s.pinned_mb:.1f}"
+
+    row("at its peak: seconds in", [f"{p.peak_at_s:.0f}" for p in phases.values()])
+    row("at its peak: containers (n)", [at_peak(p, "containers") for p in phases.values()])
+    row("at its peak: daemons (PSS)", [at_peak(p, "daemons") for p in phases.values()])
+    row("at its peak: not page cache", [at_peak(p, "pinned") for p in phases.values()])
     row("limit", [f"{p.limit_mb:.0f}" for p in phases.values()])
     row("OOM kills", [str(p.oom_kills) for p in phases.values()])
     row("samples", [str(p.samples) for p in phases.values()])
@@ -515,13 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         load, stop = Peak(), threading.Event()
         t = threading.Thread(target=sample_until, args=(server, stop, load, 1.0), daemon=True)
         t.start()
-        paths = [
-            ("eduaiia.com", "/api/notes/"),
-            ("eduaiia.com", "/admin/login/"),
-            ("staging.eduaiia.com", "/api/notes/"),
-            ("eduaiia.com", "/health/"),
-        ]
-        counts = users(https, args.users, args.load_seconds, paths)
+        counts = users(https, args.users, args.load_seconds, LOAD_PATHS)
         stop.set()
         t.join(30)
         phases[f"{args.users} users"] = load
@@ -547,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         phases["deploy peak"] = dep
         extra["deploy_exit"] = proc.returncode
         extra["deploy_tail"] = proc.stdout.strip().splitlines()[-1:] or proc.stderr[-300:]
+        # the step lines with their durations, to place the peak ("seconds in") in a step
+        extra["deploy_steps"] = [
+            line.strip() for line in proc.stdout.splitlines() if line.lstrip().startswith("[")
+        ]
 
     print(table(phases, args.goal_idle_mb, args.goal_peak_mb))
     for k, v in extra.items():
@@ -562,6 +622,14 @@ def main(argv: list[str] | None = None) -> int:
                 "limit_mib": p.limit_mb,
                 "oom_kills": p.oom_kills,
                 "samples": p.samples,
+                "machine_peak_at_s": round(p.peak_at_s, 1),
+                "at_machine_peak": None
+                if p.at_peak is None
+                else {
+                    "containers_mib": p.at_peak.containers,
+                    "daemons_pss_mib": {k: mb for k, (_, mb) in p.at_peak.daemons.items()},
+                    "not_page_cache_mib": p.at_peak.pinned_mb,
+                },
             }
             for name, p in phases.items()
         },

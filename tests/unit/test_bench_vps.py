@@ -68,3 +68,20 @@ def test_every_lever_can_be_undone_and_says_which_state_it_is_in(name):
     lever = vps_levers.LEVERS[name]
     assert lever.on and lever.off and lever.on != lever.off
     assert "echo on" in lever.check and "echo off" in lever.check
+
+
+def test_a_phase_keeps_what_held_the_machine_at_its_own_peak():
+    def sample(machine: float, pinned: float, **containers: float):
+        return vps_memory.Sample(containers, {"dockerd": (1, 50.0)}, machine, 512.0, 0, pinned)
+
+    peak = vps_memory.Peak()
+    peak.add(sample(400, 300, web=90, db=50))
+    peak.add(sample(505, 350, web=80, db=40))  # the machine's peak: page cache, not the apps
+    peak.add(sample(450, 380, web=120, db=60, oneoff=40))
+    # each row is its own highest; the peak's own composition is kept beside them
+    assert (peak.machine_mb, peak.pinned_mb, peak.containers["web"]) == (505, 380, 120)
+    assert peak.at_peak.containers == {"web": 80, "db": 40}
+    assert peak.at_peak.pinned_mb == 350
+    text = vps_memory.table({"deploy peak": peak}, 350, 480)
+    assert "| at its peak: containers (n)" in text and "120.0 (2)" in text
+    assert "| at its peak: not page cache" in text and "350.0" in text
