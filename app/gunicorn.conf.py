@@ -33,8 +33,12 @@ worker_class = "gthread"
 workers = _int("GUNICORN_WORKERS", 2)
 threads = _int("GUNICORN_THREADS", 2)
 # import Django once in the master and fork: workers share those pages copy-on-write,
-# and a recycled worker starts in milliseconds instead of re-importing
-preload_app = True
+# and a recycled worker starts in milliseconds instead of re-importing. Only with two
+# workers or more: one worker has no one to share with, and a master holding Django
+# beside it is memory of its own (staging after a load, in the 512 MB VPS with
+# bench/vps_levers.py: 69.1 MiB preloaded, 71.7 preloaded and warmed, 65.7 without;
+# docs/server.md). Staging's recycled worker imports Django again (about 2 s).
+preload_app = workers > 1
 
 # recycle a worker after about 2000 requests so a slow leak cannot reach the memory
 # limit; at the guide's peak that is a restart every few minutes, costing one fork
@@ -63,6 +67,21 @@ accesslog = "-"
 errorlog = "-"
 loglevel = "info"
 access_log_format = '%({x-forwarded-for}i)s %(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(f)s" "%(a)s"'
+
+
+def when_ready(server):
+    """Build what Django builds lazily, once in the master, before the first fork.
+
+    Each worker otherwise builds the URL resolver, the admin's compiled templates, forms
+    and middleware on its first requests, as private memory; built here, it is shared
+    copy-on-write (aiia/warm.py). Measured in the 512 MB VPS after 30 s of 100 users:
+    production's container 99.8 -> 95.7 MiB (docs/server.md). Only with preload_app,
+    so only where two workers share the master.
+    """
+    if server.cfg.preload_app:
+        from aiia.warm import warm
+
+        server.log.info("warmed before the fork: %s", warm(server.app.wsgi()))
 
 
 def pre_fork(server, worker):

@@ -337,12 +337,14 @@ def gunicorn_settings(values: dict[str, str], environ) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "bind", "workers", "threads"),
-    [("prod", "0.0.0.0:8000", 2, 2), ("staging", "0.0.0.0:8001", 1, 2)],
+    ("name", "bind", "workers", "threads", "preload"),
+    [("prod", "0.0.0.0:8000", 2, 2, True), ("staging", "0.0.0.0:8001", 1, 2, False)],
 )
-def test_gunicorn_config_follows_the_env_file(environ, name, bind, workers, threads):
+def test_gunicorn_config_follows_the_env_file(environ, name, bind, workers, threads, preload):
     conf = gunicorn_settings(example_env(name), environ)
     assert (conf["bind"], conf["workers"], conf["threads"]) == (bind, workers, threads)
+    # the app is imported in the master only when two workers or more share it
+    assert conf["preload_app"] is preload
     assert conf["worker_class"] == "gthread"
     assert conf["wsgi_app"] == "aiia.wsgi:application"
     assert conf["worker_tmp_dir"] == "/dev/shm"
@@ -384,3 +386,37 @@ def test_gunicorn_check_config_fails_on_a_placeholder_secret(tmp_path):
     )
     assert proc.returncode != 0
     assert "DJANGO_SECRET_KEY" in proc.stdout + proc.stderr
+
+
+def test_gunicorn_warms_the_master_before_the_fork_without_the_database(tmp_path):
+    """With the production env file (2 workers) and no database or Redis reachable (their
+    hosts do not resolve here), the master renders the admin login page once before
+    forking, and a worker then serves it: warming needs neither service and leaves no
+    broken state."""
+    import http.client
+
+    from tests.harness.core import free_port, wait_until
+
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = subprocess_env(tmp_path, example_env("prod"))
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [venv_tool("gunicorn"), "-c", str(APP / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{port}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: "Booting worker" in log.read_text(), timeout=60, what="a worker")
+        text = log.read_text()
+        assert "warmed before the fork: {'/admin/login/': 200}" in text, text[-3000:]
+        assert text.index("warmed before the fork") < text.index("Booting worker")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/admin/login/",
+                     headers={"Host": "eduaiia.com", "X-Forwarded-Proto": "https"})  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()[:500]
+        assert b"csrfmiddlewaretoken" in resp.read()
+    finally:
+        proc.terminate()
+        proc.wait(30)
