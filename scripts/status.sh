@@ -24,6 +24,9 @@
 #   VOLUME_PREFIX  the compose project's volume prefix (default: aiia_)
 #   HISTORY_VOLUME the history's volume (default: ${VOLUME_PREFIX}status_history)
 #   LOG_DIR        deploys.log and drill.json (default: logs/ in the checkout)
+#   STAGING_LOG_DIR staging's checkout's logs/, whose deploys.log is read too (default:
+#                  ~/staging/ai-ia-backend/logs beside ~/main/ai-ia-backend; skipped
+#                  when it does not exist)
 #   BACKUP_DIR     the backup sets (default: backups/ in the checkout)
 #   DOCKER_SOCKET  (default: /var/run/docker.sock)
 #   STATUS_ARGS    more arguments for `python3 -m opskit.status run` (e.g. --now for tests)
@@ -40,6 +43,7 @@ NGINX=${NGINX:-nginx:443}
 VOLUME_PREFIX=${VOLUME_PREFIX:-aiia_}
 HISTORY_VOLUME=${HISTORY_VOLUME:-${VOLUME_PREFIX}status_history}
 LOG_DIR=${LOG_DIR:-$ROOT/logs}
+STAGING_LOG_DIR=${STAGING_LOG_DIR:-$(dirname "$(dirname "$ROOT")")/staging/ai-ia-backend/logs}
 BACKUP_DIR=${BACKUP_DIR:-$ROOT/backups}
 DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
 STATUS_ARGS=${STATUS_ARGS:-}
@@ -80,6 +84,13 @@ if [ -d "$BACKUP_DIR" ]; then
   backup_mount=(-v "$(realpath "$BACKUP_DIR"):/backups:ro")
   backup_arg=(--backup-dir /backups)
 fi
+# staging deploys from its own checkout and logs there: its failures alert too
+staging_mount=()
+staging_arg=()
+if [ -d "$STAGING_LOG_DIR" ] && [ "$(realpath "$STAGING_LOG_DIR")" != "$(realpath "$LOG_DIR")" ]; then
+  staging_mount=(-v "$(realpath "$STAGING_LOG_DIR"):/opt/aiia-logs-staging:ro")
+  staging_arg=(--deploy-log /opt/aiia-logs-staging/deploys.log)
+fi
 # shellcheck disable=SC2206 # STATUS_ARGS is a list of words on purpose
 extra=($STATUS_ARGS)
 
@@ -90,10 +101,10 @@ if [ "$mode" = show ]; then
     --user "$(id -u):10002" --group-add "$(stat -c %g "$DOCKER_SOCKET")" \
     -v "$DOCKER_SOCKET:/var/run/docker.sock" -v /sys/fs/cgroup:/host/cgroup:ro \
     -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
-    -v "$(realpath "$LOG_DIR"):/opt/aiia-logs:ro" "${backup_mount[@]}" \
+    -v "$(realpath "$LOG_DIR"):/opt/aiia-logs:ro" "${staging_mount[@]}" "${backup_mount[@]}" \
     "$STATUS_IMAGE" \
     python3 -m opskit.status show --nginx "$NGINX" --cgroup-root /host/cgroup --deploy-log /opt/aiia-logs/deploys.log \
-      --drill-file /opt/aiia-logs/drill.json "${backup_arg[@]}" "${show_args[@]}"
+      "${staging_arg[@]}" --drill-file /opt/aiia-logs/drill.json "${backup_arg[@]}" "${show_args[@]}"
 fi
 
 # The host user (it owns the backups), group 10002 (it owns the page, history and log
@@ -106,7 +117,7 @@ docker run --rm --name "aiia_status_$$" --network "$NETWORK" \
   --user "$(id -u):10002" --group-add "$(stat -c %g "$DOCKER_SOCKET")" \
   -v "$DOCKER_SOCKET:/var/run/docker.sock" -v /sys/fs/cgroup:/host/cgroup:ro \
   -v "$ROOT:/opt/aiia:ro" -w /opt/aiia -e PYTHONPATH=/opt/aiia -e HOME=/tmp \
-  -v "$(realpath "$LOG_DIR"):/opt/aiia-logs:ro" \
+  -v "$(realpath "$LOG_DIR"):/opt/aiia-logs:ro" "${staging_mount[@]}" \
   -v "${VOLUME_PREFIX}status:/var/www/status" \
   -v "$HISTORY_VOLUME:/var/lib/aiia-status" \
   -v "${VOLUME_PREFIX}nginx_logs:/var/log/aiia-nginx" \
@@ -114,7 +125,7 @@ docker run --rm --name "aiia_status_$$" --network "$NETWORK" \
   "$STATUS_IMAGE" \
   python3 -m opskit.status run --db /var/lib/aiia-status/status.db --page-dir /var/www/status \
     --access-log /var/log/aiia-nginx/access.log --nginx "$NGINX" --cgroup-root /host/cgroup \
-    --deploy-log /opt/aiia-logs/deploys.log --drill-file /opt/aiia-logs/drill.json \
+    --deploy-log /opt/aiia-logs/deploys.log "${staging_arg[@]}" --drill-file /opt/aiia-logs/drill.json \
     "${env_arg[@]}" "${backup_arg[@]}" "${extra[@]}" \
   2> >(tee -a "$LOG_DIR/status.log" >&2) || status=$?
 
