@@ -334,3 +334,42 @@ def test_memory_bench_inside_the_vps(setup_done, tmp_path):
         assert "aiia_django_prod" in phase["containers_mib"], name
         assert 100 < phase["machine_mib"] <= 512, name
     assert set(doc["load_responses"]) == {"200"}, doc["load_responses"]
+
+
+def test_backup_bench_inside_the_vps(setup_done, tmp_path):
+    """bench/vps_backup.py on the server setup made: a small database (the README's figures
+    come from a full 1.1 GB run), a few users. The figures are reported; checked: every
+    phase ran (the floor, scripts/backup.sh as cron runs it, the drill's restore of that
+    set), the backup container was watched under its 64 MB limit, nothing was OOM-killed,
+    and the bench left nothing behind (its table, its sets and logs)."""
+    v = setup_done.vps
+    out = tmp_path / "backup.json"
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "vps_backup.py"),
+         "-H", f"root@127.0.0.1:{v.ssh_port}", "-i", v.key_filename,
+         "--https", f"127.0.0.1:{v.https_port}", "--size-mb", "40", "--users", "5",
+         "--quiet-s", "3", "--json", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    )  # fmt: skip
+    print(proc.stdout[:3000])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert list(doc["phases"]) == ["quiet", "floor", "ours", "restore"]
+    assert doc["database_mib"] >= 40
+    for name, phase in doc["phases"].items():
+        assert phase["ok"], (name, phase)
+        assert phase["memory"]["oom_kills"] == 0, name
+        assert phase["memory"]["limit_mib"] == 512, name
+        assert phase["users"]["requests"] > 0 and phase["users"]["errors"] == 0, name
+    for name in ("ours", "restore"):
+        watched = doc["phases"][name]["container"]
+        assert watched["samples"] > 0, name
+        assert 0 < watched["anon_mb"] <= watched["working_mb"] <= 64, (name, watched)
+    assert "dumped and encrypted aiia_prod" in doc["phases"]["ours"]["container"]["stderr"]
+    drill = doc["phases"]["restore"]["drill"]
+    assert drill["ok"] is True and drill["set"].startswith("db_prod_"), drill
+    assert v.exec("test", "-e", "/home/ubuntu/aiia-bench-backup", check=False).returncode != 0
+    sql = "SELECT to_regclass('bench_backup_fill')"
+    left = v.exec("docker", "exec", "aiia_postgresql", "psql", "-U", "postgres", "-d",
+                  "aiia_prod", "-Atc", sql).stdout  # fmt: skip
+    assert left.strip() == ""
