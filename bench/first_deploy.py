@@ -80,58 +80,6 @@ def prepare(base: Path, ssh) -> ds.DeployServer:
                            registry)  # fmt: skip
 
 
-class Logged(PerConnection):
-    """PerConnection whose errors are kept one by one (time, kind, exception)."""
-
-    def __init__(self, *args, seen: list, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.seen = seen
-
-    def one_run(self) -> None:
-        import http.client
-        import ssl
-
-        from tests.remote.clients import POST_BODY, RUN_S
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        end = time.monotonic() + RUN_S
-        requests, statuses = 0, {}
-        errors = dict.fromkeys(KINDS, 0)
-        while time.monotonic() < end and not self._stop.is_set():
-            t = time.monotonic()
-            conn = ds._SNIConnection(self.host, self.server.https_port, context=context,
-                                     timeout=10)  # fmt: skip
-            stage = "connect"
-            try:
-                conn.connect()
-                stage = "write"
-                body = POST_BODY.encode() if self.method == "POST" else None
-                headers = {"Host": self.host, "Connection": "close"}
-                if body is not None:
-                    headers["Content-Type"] = "application/json"
-                conn.request(self.method, self.path, body=body, headers=headers)
-                stage = "read"
-                resp = conn.getresponse()
-                resp.read()
-                statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
-                if resp.status != self.expect:
-                    errors["status"] += 1
-                    self.seen.append((t, "status", f"{self.method} answered {resp.status}"))
-            except TimeoutError as exc:
-                errors["timeout"] += 1
-                self.seen.append((t, "timeout", f"{self.method} {type(exc).__name__}: {exc}"))
-            except (OSError, http.client.HTTPException) as exc:
-                errors[stage] += 1
-                self.seen.append((t, stage, f"{self.method} {type(exc).__name__}: {exc}"))
-            finally:
-                conn.close()
-            requests += 1
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
-        self._add(requests, errors, statuses)
-
-
 def deploy_with_output(server: ds.DeployServer, args: list[str]) -> tuple[int, list]:
     """fab's output lines, each with the monotonic time it arrived."""
     proc = subprocess.Popen(
@@ -181,9 +129,9 @@ def one_run(server: ds.DeployServer, image: str, args) -> dict:
         for _ in range(n):
             tally = Tally(f"per connection {method}")
             tallies.append(tally)
-            loops.append(Logged(tally, 900, server=server, host=ds.PROD_HOST,
-                                path="/api/notes/", method=method, expect=expect,
-                                rate=args.rate, seen=seen))  # fmt: skip
+            loops.append(PerConnection(tally, 900, server=server, host=ds.PROD_HOST,
+                                       path="/api/notes/", method=method, expect=expect,
+                                       rate=args.rate, seen=seen))  # fmt: skip
     since = ds.run(["date", "-u", "+%Y-%m-%dT%H:%M:%S"]).stdout.strip()
     for loop in loops:
         loop.start()

@@ -258,12 +258,20 @@ class H2BrowserLoop(_Looper):
 
 
 class PerConnection(_Looper):
-    """One request per connection (`Connection: close`), from deploy_support.Load's code."""
+    """One request per connection (`Connection: close`), from deploy_support.Load's code.
+    With `seen`, each error is also kept there as (time, kind, what happened)."""
 
-    def __init__(self, tally, max_s, *, server, host, path, method, expect, rate) -> None:
+    def __init__(self, tally, max_s, *, server, host, path, method, expect, rate,
+                 seen: list | None = None) -> None:  # fmt: skip
         super().__init__(tally, max_s)
         self.server, self.host, self.path = server, host, path
         self.method, self.expect, self.interval = method, expect, 1 / rate
+        self.seen = seen
+
+    def _error(self, errors: dict, t: float, kind: str, text: str) -> None:
+        errors[kind] += 1
+        if self.seen is not None:
+            self.seen.append((t, kind, f"{self.method} {text}"))
 
     def one_run(self) -> None:
         import http.client
@@ -294,11 +302,11 @@ class PerConnection(_Looper):
                 resp.read()
                 statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
                 if resp.status != self.expect:
-                    errors["status"] += 1
-            except TimeoutError:
-                errors["timeout"] += 1
-            except (OSError, http.client.HTTPException):
-                errors[stage] += 1
+                    self._error(errors, t, "status", f"answered {resp.status}")
+            except TimeoutError as exc:
+                self._error(errors, t, "timeout", f"{type(exc).__name__}: {exc}")
+            except (OSError, http.client.HTTPException) as exc:
+                self._error(errors, t, stage, f"{type(exc).__name__}: {exc}")
             finally:
                 conn.close()
             requests += 1
