@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,14 +81,7 @@ def prepare(base: Path, ssh) -> ds.DeployServer:
 
 def deploy_with_output(server: ds.DeployServer, args: list[str]) -> tuple[int, list]:
     """fab's output lines, each with the monotonic time it arrived."""
-    proc = subprocess.Popen(
-        server.fab_argv(*args),
-        cwd=ROOT,
-        env=server.fab_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = server.fab_popen(*args)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -259,6 +259,17 @@ class DeployServer:
             self.fab_argv(*args), cwd=ROOT, check=False, timeout=timeout, env=self.fab_env(**extra)
         )
 
+    def fab_popen(self, *args: str) -> subprocess.Popen:
+        """fab started, its output (stdout and stderr) read line by line as it comes."""
+        return subprocess.Popen(
+            self.fab_argv(*args),
+            cwd=ROOT,
+            env=self.fab_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def deploy_args(self, env: str, *args: str, backup: bool = False) -> list[str]:
         skip = [] if backup else ["--skip-backup"]
         return ["deploy", "--env", env, "--path", str(self.path(env)), *skip,

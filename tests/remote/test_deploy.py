@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import ssl
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -296,14 +295,7 @@ def test_concurrent_deploys_and_one_killed_midway(server, capsys):
     it, and the next deploy succeeds."""
     ds.publish(server.origin, server.work, "v3", {}, branches=("staging",))
     args = server.deploy_args("staging", "--ref", "v3", "--why", "first of two")
-    first = subprocess.Popen(
-        server.fab_argv(*args),
-        cwd=ROOT,
-        env=server.fab_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = server.fab_popen(*args)
     seen: list[str] = []
     try:
         for line in first.stdout:
