@@ -114,7 +114,7 @@ def run(image: str, work: Path, command: str, network: str, name: str) -> dict:
         "--group-add", str(os.stat("/var/run/docker.sock").st_gid),
         "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", "/sys/fs/cgroup:/host/cgroup:ro",
         "-v", f"{ROOT}:/opt/aiia:ro", "-w", "/opt/aiia", "-e", "PYTHONPATH=/opt/aiia",
-        "-e", "HOME=/tmp", "-v", f"{work}:/work", image, "sh", "-c", f"{command}; {MEASURE}",
+        "-e", "HOME=/tmp", "-v", f"{work}:/bench", image, "sh", "-c", f"{command}; {MEASURE}",
     ]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -161,8 +161,8 @@ def main() -> int:
         )
         collector = run(
             args.image, work,
-            "python3 -m opskit.status run --db /work/status.db --page-dir /work/page"
-            f" --access-log /work/access.log --nginx {args.nginx} --cgroup-root /host/cgroup"
+            "python3 -m opskit.status run --db /bench/status.db --page-dir /bench/page"
+            f" --access-log /bench/access.log --nginx {args.nginx} --cgroup-root /host/cgroup"
             f" --prefix {args.prefix}",
             args.network, f"aiia_bench_status_{suffix}",
         )  # fmt: skip
