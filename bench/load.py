@@ -14,8 +14,9 @@ Starts every config at once, natively on loopback (bench/_servers.py):
                    (transaction pooling) -> PostgreSQL; Redis cache and cached_db sessions
     tuned-nolimit  the same backend behind a bench-only nginx without limit_req
     stock          gunicorn's defaults (sync, --workers 2), Django's default database
-                   options (a connection per request) straight to PostgreSQL, stock
-                   postgresql.conf and redis.conf; the same nginx without limit_req
+                   options (a connection per request) straight to PostgreSQL with a
+                   stock postgresql.conf, Django's default sessions (in the database)
+                   and cache (in-process); the same nginx without limit_req
 
 Then, target by target and config by config (so drift hits every config alike), wrk
 keeps --connections connections busy for --duration seconds (flat out, or with a mean
