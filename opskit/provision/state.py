@@ -407,6 +407,8 @@ class CronJob:
     id: str
     schedule: str
     command: Sequence[str]
+    # the job's former commands: a line running one of them is replaced too
+    replaces: Sequence[Sequence[str]] = ()
 
     @property
     def mark(self) -> str:
@@ -426,12 +428,12 @@ def merge_crontab(current: str, jobs: Sequence[CronJob]) -> tuple[str, list[str]
     changed = []
     for job in jobs:
         want = job.line()
-        cmd = shlex.join(job.command)
+        cmds = {shlex.join(job.command), *(shlex.join(c) for c in job.replaces)}
         hits = [
             i
             for i, line in enumerate(lines)
             if line.rstrip().endswith(job.mark)
-            or (not line.lstrip().startswith("#") and _cron_command(line) == cmd)
+            or (not line.lstrip().startswith("#") and _cron_command(line) in cmds)
         ]
         if len(hits) == 1:
             if lines[hits[0]] != want:

@@ -797,6 +797,34 @@ def apply_cron(ctx: Context, plan: Plan) -> None:
     ctx.check(["crontab", "-u", ctx.opts.user, "-"], "installing the crontab", stdin=plan.data)
 
 
+# ============================================================================ status collector
+
+
+def _status_script(opts: Options) -> str:
+    return f"{opts.path('production')}/scripts/status.sh"
+
+
+def read_status(ctx: Context) -> bool:
+    """Whether the collector's container runs with the checkout's settings
+    (`scripts/status.sh start --check`: 0 yes, 3 no)."""
+    res = ctx.r.run(ctx.as_user(["bash", _status_script(ctx.opts), "start", "--check"]))
+    if res.exited not in (0, 3):
+        raise SetupError(f"scripts/status.sh start --check failed: {res.tail(2)}")
+    return res.exited == 0
+
+
+def plan_status(running: bool, opts: Options) -> Plan:
+    if running:
+        return Plan()
+    return Plan([f"the status collector's container, every minute (scripts/status.sh start, "
+                 f"as {opts.user})"])  # fmt: skip
+
+
+def apply_status(ctx: Context, plan: Plan) -> None:
+    ctx.check(ctx.as_user(["bash", _status_script(ctx.opts), "start"]),
+              "starting the status collector", timeout=120)  # fmt: skip
+
+
 # ============================================================================ the table
 
 
@@ -824,6 +852,7 @@ STEPS: tuple[Step, ...] = (
     _step("drill-key", "the restore drill's key", read_drill_key, plan_drill_key,
           apply_drill_key),
     _step("cron", "cron", read_cron, plan_cron, apply_cron),
+    _step("status", "status collector", read_status, plan_status, apply_status),
 )  # fmt: skip
 STEP_NAMES = tuple(s.name for s in STEPS)
 

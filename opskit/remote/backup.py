@@ -28,6 +28,7 @@ from invoke import Collection, Exit
 from opskit import age, environments
 from opskit.backup import commands, drill, manifest, restore
 from opskit.backup.commands import PgConn
+from opskit.provision.cron import STATUS_SCHEDULE as STATUS_CRON_SCHEDULE
 
 # The operators' guide's checkouts.
 GUIDE_PATHS = {name: env.path for name, env in environments.SERVERS.items()}
@@ -62,7 +63,9 @@ def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") ->
     return f"{CRON_SCHEDULE} {shlex.quote(f'{path}/{CRON_MARK}')} {env}"
 
 
-STATUS_SCHEDULE = "* * * * *"  # the status collector: every minute, nothing resident
+# the status collector runs every minute in its own container (scripts/status.sh start);
+# cron's hourly `start` only checks it (opskit/provision/cron.py)
+STATUS_SCHEDULE = STATUS_CRON_SCHEDULE
 
 
 def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
@@ -70,7 +73,7 @@ def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -
     and the weekly restore drill once per box, with production's entries."""
     lines = [cron_line(path, env)]
     if env == "production":
-        lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} run")
+        lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} start")
         lines.append(f"{drill.SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}")
     return lines
 
@@ -99,7 +102,11 @@ def merge_crontab(current: str, line: str) -> tuple[str, bool]:
     for existing in current.splitlines():
         bare = SETUP_MARK.sub("", existing)
         words = bare.split()
-        ours = not existing.lstrip().startswith("#") and len(words) >= 7 and words[-2:] == target
+        same = words[-2:] == target or (
+            # the collector's former per-minute `status.sh run` line is replaced by `start`
+            target[0].endswith("/scripts/status.sh") and words[-2:-1] == target[:1]
+        )
+        ours = not existing.lstrip().startswith("#") and len(words) >= 7 and same
         if ours:
             if not found:
                 kept.append(existing if bare == line else line)
@@ -335,11 +342,11 @@ def _remote_settings(c, root: str, env: str) -> dict[str, str]:
 def install_cron(c, env="production", path=None, user=None, dry_run=False):
     """Install cron entries once: backups, the status collector, the weekly restore drill.
 
-    The guide's 02:00 backup and, with production, the status collector every minute
-    (scripts/status.sh) and the restore drill on Sundays at 03:30 (scripts/drill.sh), whose
-    key pair it makes on the server the first time (~/.config/aiia/drill.key, 0600, of the
-    crontab's user; the backups are encrypted to its public key too). Running it again
-    changes nothing."""
+    The guide's 02:00 backup and, with production, the status collector (started now,
+    every minute in its own container, looked at hourly: scripts/status.sh start) and the
+    restore drill on Sundays at 03:30 (scripts/drill.sh), whose key pair it makes on the
+    server the first time (~/.config/aiia/drill.key, 0600, of the crontab's user; the
+    backups are encrypted to its public key too). Running it again changes nothing."""
     root = checkout(env, path)
     lines = cron_lines(root, env)
     current = c.run(shlex.join(crontab_argv(user, write=False)), hide=True, warn=True,
@@ -362,10 +369,29 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
         for line in lines:
             state = "would install" if line in changed else "already installed"
             print(f"install-cron: {state}: {line}")
+        if not dry_run and env == "production":
+            _start_status(c, root, user if user and user != getattr(c, "user", None) else None)
         return
     crontab_write(c, user, text)
     for line in lines:
         print(f"install-cron: {'installed' if line in changed else 'already installed'}: {line}")
+    if env == "production":
+        _start_status(c, root, user if user and user != getattr(c, "user", None) else None)
+
+
+def _start_status(c, root: str, as_user: str | None) -> None:
+    """The collector's container, started now rather than at cron's next hourly look; a
+    server without the backup image yet is told how to start it later."""
+    argv = ["bash", f"{root}/scripts/status.sh", "start"]
+    res = c.run(shlex.join(["runuser", "-u", as_user, "--", *argv] if as_user else argv),
+                hide=True, warn=True, in_stream=False)  # fmt: skip
+    if res.ok:
+        print("install-cron: the status collector runs every minute (scripts/status.sh start)")
+    else:
+        print(
+            f"install-cron: the status collector did not start: {res.stderr.strip()} "
+            f"(then: {shlex.join(argv)})"
+        )
 
 
 def drill_key_command(as_user: str | None, *, dry_run: bool = False) -> str:

@@ -4,6 +4,6 @@ and `fab monitor`.
 `collect` reads the box (/proc), every container (the Docker API), nginx's access log
 incrementally, /health/ of each environment, PostgreSQL/PgBouncer/Redis, the
 certificate, the deploy log, the backups and the restore drill; `history` keeps it in
-SQLite; `rules` turns it into alerts; `page` writes the static HTML. Run from cron by
-scripts/status.sh as `python3 -m opskit.status run`.
+SQLite; `rules` turns it into alerts; `page` writes the static HTML. Run every minute as
+`python3 -m opskit.status run` in the container `scripts/status.sh start` keeps.
 """

@@ -1,4 +1,4 @@
-"""python -m opskit.status: one run of the collector (what cron runs every minute).
+"""python -m opskit.status: one run of the collector (its container runs one every minute).
 
   run     read the box, the containers, nginx's log and the services; keep the minute
           in the history database; send the alerts; write the devstatus page

@@ -1,6 +1,6 @@
 """A few calls of the Docker Engine API over its unix socket, with the standard library.
 
-The collector runs in a small container from cron: the Docker CLI (a 40 MB Go binary)
+The collector runs in a small container every minute: the Docker CLI (a 40 MB Go binary)
 would cost more memory than the whole job, so it asks the engine directly: the
 containers, their state and one-shot stats, the tail of their logs, a read-only probe
 command inside PostgreSQL, PgBouncer and Redis, and USR1 to nginx after rotating its

@@ -179,7 +179,7 @@ def stale_banner(now: float) -> str:
         '<!--# config timefmt="%Y%m%d%H%M" -->'
         f'<!--# if expr="$date_gmt = /^({fresh})/" --><!--# else -->'
         f'<p class="stale" id="stale">stale since {_e(_utc(now))}: the collector has not '
-        "written this page for 3 minutes or more (is cron running scripts/status.sh? see "
+        "written this page for 3 minutes or more (is its container running? scripts/status.sh start; see "
         "logs/status.log)</p><!--# endif -->"
     )
 

@@ -39,7 +39,7 @@ def test_install_cron_twice_leaves_one_entry(ssh_host, cron_user, drill_key, cap
     assert first.splitlines() == [
         "MAILTO=ops@eduaiia.com",
         "0 2 * * * /home/ubuntu/main/ai-ia-backend/scripts/backup.sh production",
-        "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
+        "7 * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh start",
         "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
     ]
 

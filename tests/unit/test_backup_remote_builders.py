@@ -105,7 +105,7 @@ def test_checkout_paths():
 def test_cron_lines_backup_the_status_collector_and_the_drill():
     assert rb.cron_lines() == [
         GUIDE_LINE,
-        "* * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh run",
+        "7 * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh start",
         "30 3 * * 0 /home/ubuntu/main/ai-ia-backend/scripts/drill.sh production",
     ]
     staging = rb.cron_lines(rb.GUIDE_PATHS["staging"], "staging")

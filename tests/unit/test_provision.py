@@ -239,7 +239,7 @@ def test_cron_replaces_the_lines_install_cron_made_and_keeps_the_rest():
     current = theirs + "".join(f"{line}\n" for line in backup_tasks.cron_lines(PROD))
     text, changed = state.merge_crontab(current, cron_jobs(PROD, STAGING))
     assert text.startswith(theirs)
-    for command in ("scripts/backup.sh production", "scripts/status.sh run",
+    for command in ("scripts/backup.sh production", "scripts/status.sh start",
                     "scripts/drill.sh production"):  # fmt: skip
         assert text.count(command) == 1, text
     assert {"backup-production", "status", "drill-production"} <= set(changed)
@@ -247,6 +247,19 @@ def test_cron_replaces_the_lines_install_cron_made_and_keeps_the_rest():
     assert sorted(text.splitlines()) == sorted(
         theirs.splitlines() + fixture("crontab-ubuntu.txt").splitlines()
     )
+
+
+def test_cron_replaces_the_former_per_minute_collector_line():
+    """A server set up (or given `fab install-cron`) before the collector kept its own
+    container has `* * * * * status.sh run`: it becomes the hourly `start`, not a second
+    collector."""
+    former = f"* * * * * {PROD}/scripts/status.sh run"
+    for line in (f"{former} # aiia:status", former):
+        text, changed = state.merge_crontab(line + "\n", cron_jobs(PROD, STAGING))
+        assert "status.sh run" not in text and text.count("status.sh start") == 1
+        assert "status" in changed
+        merged, one = backup_tasks.merge_crontab(line + "\n", backup_tasks.cron_lines(PROD)[1])
+        assert one and "status.sh run" not in merged and merged.count("status.sh start") == 1
 
 
 def test_install_cron_after_setup_changes_nothing():
@@ -405,7 +418,9 @@ class ThisMachine(LocalRunner):
 
 def watching_steps() -> list[steps.Step]:
     names = ("drill-key", "cron")
-    assert steps.STEP_NAMES[-2:] == names  # setup ends with them
+    # setup ends with them, then starts the status collector (scripts/status.sh start:
+    # the vps tier runs it, against the server's own Docker)
+    assert steps.STEP_NAMES[-3:] == (*names, "status")
     return [s for s in steps.STEPS if s.name in names]
 
 

@@ -7,11 +7,14 @@ tests/remote/test_drill_remote.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.harness.core import ROOT
 
@@ -77,3 +80,98 @@ def test_the_default_is_the_staging_checkout_beside_production(tmp_path):
     shutil.copy2(SCRIPT, main / "scripts" / "status.sh")
     (call,) = run(tmp_path, "run", script=main / "scripts" / "status.sh")
     assert f"-v {staging_logs}:/opt/aiia-logs-staging:ro" in call
+
+
+# `start`: the collector's own container, every minute, without a docker CLI each minute
+
+SOCKETS: dict[Path, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _socket_dirs_removed():
+    yield
+    while SOCKETS:
+        SOCKETS.popitem()[1].rmdir()
+
+
+FAKE_DOCKER_INSPECT = """#!/bin/sh
+printf '%s\\n' "$*" >> "$DOCKER_LOG"
+case "$1" in inspect) [ -f "$DOCKER_STATE" ] && cat "$DOCKER_STATE" ;; esac
+exit 0
+"""
+
+
+def start(tmp_path: Path, *args: str, state: str | None = None,
+          **env_extra: str) -> tuple[int, list[str], str]:  # fmt: skip
+    """status.sh start ARGS with a stand-in docker whose `inspect` answers `state`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER_INSPECT)
+    docker.chmod(0o755)
+    # one socket path per test: it is part of the settings `start` compares
+    sock_dir = SOCKETS.setdefault(tmp_path, Path(tempfile.mkdtemp(prefix="st")))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_dir / "docker.sock"))
+    log = tmp_path / "docker.log"
+    log.unlink(missing_ok=True)
+    answer = tmp_path / "inspect-answer"
+    answer.unlink(missing_ok=True)
+    if state is not None:
+        answer.write_text(state + "\n")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "DOCKER_LOG": str(log),
+        "DOCKER_STATE": str(answer),
+        "DOCKER_SOCKET": str(sock_dir / "docker.sock"),
+        "LOG_DIR": str(tmp_path / "main-logs"),
+        "BACKUP_DIR": str(tmp_path / "no-backups"),
+        "STAGING_LOG_DIR": str(tmp_path / "absent"),
+        **env_extra,
+    }
+    try:
+        proc = subprocess.run(["bash", str(SCRIPT), "start", *args], capture_output=True,
+                              text=True, env=env)  # fmt: skip
+    finally:
+        sock.close()
+        (sock_dir / "docker.sock").unlink()
+    return proc.returncode, log.read_text().splitlines(), proc.stderr
+
+
+def test_start_runs_one_hardened_container_that_loops_every_minute(tmp_path):
+    env_file = tmp_path / "prod.env"
+    env_file.write_text("SLACK_WEBHOOK_URL=https://hooks.example/x\n")
+    rc, calls, err = start(tmp_path, ENV_FILE=str(env_file))
+    assert rc == 0, err
+    assert [c.split()[0] for c in calls] == ["inspect", "image", "rm", "run"]
+    run_line = calls[-1]
+    assert run_line.startswith("run -d --name aiia_status_collector --label aiia.status.config=")
+    for flag in ("--restart unless-stopped", "--cap-drop ALL", "--read-only",
+                 "--security-opt no-new-privileges:true", "--memory 48m",
+                 "/sys/fs/cgroup:/host/cgroup:ro", ":/opt/aiia:ro", ":/opt/aiia-logs:ro",
+                 f"{env_file}:/run/aiia/env:ro", "--env-file /run/aiia/env",
+                 f"{tmp_path / 'main-logs'}/status.log:/var/log/aiia-status.log",
+                 "python3 -m opskit.status run --db /var/lib/aiia-status/status.db"):  # fmt: skip
+        assert flag in run_line, flag
+    assert f"--user {os.getuid()}:10002" in run_line
+    # the secret stays in its file: read by the collector, never in argv
+    assert "hooks.example" not in run_line
+    assert "sleep $((60 - $(date +%s) % 60))" in run_line
+    assert (tmp_path / "main-logs" / "status.log").exists()
+
+
+def test_start_changes_nothing_when_it_runs_with_these_settings(tmp_path):
+    rc, calls, _ = start(tmp_path)
+    label = next(w for w in calls[-1].split() if w.startswith("aiia.status.config="))
+    config = label.split("=", 1)[1]
+    rc, calls, err = start(tmp_path, state=f"true {config}")
+    assert rc == 0 and calls == [calls[0]] and calls[0].startswith("inspect"), calls
+    assert "runs the collector every minute" in err
+    assert start(tmp_path, "--check", state=f"true {config}")[:2] == (0, calls)
+    # stopped, other settings or absent: --check says so (3) and starts nothing
+    for state in (f"false {config}", "true 0123456789abcdef", None):
+        rc, calls, _ = start(tmp_path, "--check", state=state)
+        assert rc == 3 and [c.split()[0] for c in calls] == ["inspect"], (state, calls)
+    # other settings (another collector argument): replaced
+    rc, calls, _ = start(tmp_path, state=f"true {config}", STATUS_ARGS="--now 1700000000")
+    assert rc == 0 and [c.split()[0] for c in calls] == ["inspect", "image", "rm", "run"]
