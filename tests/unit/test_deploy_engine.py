@@ -397,6 +397,31 @@ def test_low_disk_is_refused_in_preflight():
     assert join(cmd.pull(IMAGE)) not in commands(ctx)
 
 
+def test_compose_runs_once_and_its_version_only_explains_a_failure():
+    server = Server()
+    outcome, ctx, lines = deploy(server)
+    assert outcome.ok
+    sent = commands(ctx)
+    assert join(cmd.compose_version()) not in sent
+    assert sum(1 for c in sent if " compose " in f" {c} ") == 1, sent
+    # no Compose v2: the config fails and the version says why
+    for config_error, version, reason in (
+        ("docker: 'compose' is not a docker command.", fail("'compose' is not a docker "
+         "command."), "Docker Compose v2 is missing"),
+        ("service django_prod has neither an image nor a build", ok("2.40.3\n"),
+         "cannot read service django_prod"),
+    ):  # fmt: skip
+        server = Server()
+        server.answers[
+            join(cmd.compose_config(cmd.Stack((STACK,), "/srv/prod"), "django_prod"))
+        ] = fail(config_error)
+        server.answers[join(cmd.compose_version())] = version
+        outcome, ctx, lines = deploy(server)
+        assert not outcome.ok
+        assert any(reason in line for line in lines), lines
+        assert join(cmd.pull(IMAGE)) not in commands(ctx)
+
+
 def test_too_little_memory_for_two_releases_is_refused_in_preflight():
     server = Server()
     server.answers[join(cmd.meminfo())] = ok("MemAvailable: 51200 kB\nSwapFree: 10240 kB\n")
