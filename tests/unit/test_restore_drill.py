@@ -130,6 +130,9 @@ def test_install_cron_makes_the_key_of_the_user_whose_crontab_it_is(user, capsys
         Command(cmd=" ".join([*crontab, "-l"]), out=b"MAILTO=ops@eduaiia.com\n"),
         Command(cmd=key_command, out=f"created age1drill {key}\n".encode()),
         Command(cmd=" ".join([*crontab, "-"]), in_=f"MAILTO=ops@eduaiia.com\n{lines}".encode()),
+        # the status collector's container, started as the crontab's user
+        Command(cmd=" ".join([*(["runuser", "-u", "other", "--"] if user == "other" else []),
+                             "bash", f"{prod}/scripts/status.sh", "start"])),
     ])  # fmt: skip
     try:
         rb.install_cron(Connection("server.example", user="ubuntu"), path=prod, user=user)
@@ -141,6 +144,7 @@ def test_install_cron_makes_the_key_of_the_user_whose_crontab_it_is(user, capsys
     out = capsys.readouterr().out
     assert f"made the drill's key {key} (0600), public key age1drill" in out
     assert out.count("install-cron: installed: ") == 3
+    assert "install-cron: the status collector runs every minute" in out
 
 
 # --- backups encrypted to the drill's key too ----------------------------------------------
