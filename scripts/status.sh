@@ -4,14 +4,15 @@
 # Usage: scripts/status.sh [run | start [--check] | stop | show [--json]]
 #
 #   `start` (what `fab setup` and `fab install-cron` run, and cron each hour:
-#     @hourly /home/ubuntu/main/ai-ia-backend/scripts/status.sh start)
+#     7 * * * * /home/ubuntu/main/ai-ia-backend/scripts/status.sh start)
 #   keeps one container, aiia_status_collector, that runs the collector at the start of
 #   every minute (a shell loop; restart policy unless-stopped): nothing but that shell and
 #   its sleep stays between runs, and no docker CLI runs each minute (measured in the
 #   512 MB VPS: a `docker run` from cron each minute left 16-19 MiB of the CLI's pages
 #   in the active page cache, docs/server.md). It changes nothing when that container
-#   runs with this script's settings; otherwise it replaces it. `start --check` only says
-#   which (exit 0 running as configured, 3 not). `stop` removes it. Each run's lines are
+#   runs with this script's settings and the image's current build; otherwise it
+#   replaces it. `start --check` only says which (exit 0 running as configured, 3 not).
+#   `stop` removes it. Each run's lines are
 #   appended to logs/status.log, the one file it may write outside its volumes.
 #
 #   One run reads the box (/proc), every container (the Docker API), nginx's access log
@@ -96,8 +97,7 @@ image_present() {
   docker image inspect "$STATUS_IMAGE" >/dev/null 2>&1 \
     || die "image $STATUS_IMAGE not found: build it from the checkout (docker compose build backup) or set STATUS_IMAGE"
 }
-# `start` looks at its container first: when it runs as configured, that one docker call
-# is all an hourly `start` costs
+# `start` reads the image's ID itself (a rebuilt image is other settings)
 [ "$mode" = start ] || image_present
 
 mkdir -p "$LOG_DIR"
@@ -175,12 +175,14 @@ if [ "$mode" = start ]; then
     -v "$(realpath "$LOG_DIR")/status.log:/var/log/aiia-status.log"
     "${env_mount[@]}" "${backup_mount[@]}" "$STATUS_IMAGE"
     sh -c "$loop" collector "${collector[@]}" "${env_arg[@]}" "${backup_arg[@]}" "${extra[@]}")
-  # the settings it runs with, as a label: `start` replaces a container that has others
-  config=$(printf '%s\0' "${args[@]}" | sha256sum | cut -c1-16)
+  # the settings it runs with and the image's ID, as a label: `start` replaces a container
+  # that has others (a rebuilt image included); two docker calls when nothing changed
+  image_id=$(docker image inspect --format '{{.Id}}' "$STATUS_IMAGE" 2>/dev/null || true)
+  config=$({ printf '%s\0' "${args[@]}"; printf '%s' "$image_id"; } | sha256sum | cut -c1-16)
   current=$(docker inspect --type container \
     --format '{{.State.Running}} {{index .Config.Labels "aiia.status.config"}}' "$COLLECTOR" \
     2>/dev/null || true)
-  if [ "$current" = "true $config" ]; then
+  if [ -n "$image_id" ] && [ "$current" = "true $config" ]; then
     [ -n "$check" ] || printf 'status.sh: %s runs the collector every minute\n' "$COLLECTOR" >&2
     exit 0
   fi
@@ -189,7 +191,7 @@ if [ "$mode" = start ]; then
       "$([ -n "$current" ] && echo "runs with other settings or is stopped" || echo "does not exist")" >&2
     exit 3
   fi
-  image_present
+  [ -n "$image_id" ] || image_present
   touch "$LOG_DIR/status.log"
   docker rm -f "$COLLECTOR" >/dev/null 2>&1 || true
   docker run -d --name "$COLLECTOR" --label "aiia.status.config=$config" "${args[@]}" >/dev/null

@@ -31,8 +31,8 @@ JOBS: list[tuple[str, str, Callable[[str, str], list[str]]]] = [
     # twice a day, as certbot's own packaging schedules it (scripts/renew-certs.sh)
     ("renew-certs", "17 3,15 * * *", lambda prod, stg: [f"{prod}/scripts/renew-certs.sh"]),
     # the status collector (the devstatus page, the alerts) runs every minute in its own
-    # container, started by setup's last step; this hourly `start` only looks (one docker
-    # call) and brings it back if it was removed or its settings changed with a deploy.
+    # container, started by setup's last step; this hourly `start` only looks (two docker
+    # calls) and brings it back if it was removed, or its settings or image changed.
     # It replaces the former `* * * * * status.sh run` line: a docker run from cron each
     # minute kept 16-19 MiB of the docker CLI's pages active (docs/server.md)
     ("status", STATUS_SCHEDULE, lambda prod, stg: [f"{prod}/scripts/status.sh", "start"]),

@@ -96,14 +96,18 @@ def _socket_dirs_removed():
 
 FAKE_DOCKER_INSPECT = """#!/bin/sh
 printf '%s\\n' "$*" >> "$DOCKER_LOG"
-case "$1" in inspect) [ -f "$DOCKER_STATE" ] && cat "$DOCKER_STATE" ;; esac
+case "$1 $2" in
+  "image inspect") [ -s "$DOCKER_IMAGE_ID" ] || exit 1; cat "$DOCKER_IMAGE_ID" ;;
+  inspect*) [ -f "$DOCKER_STATE" ] && cat "$DOCKER_STATE" ;;
+esac
 exit 0
 """
 
 
-def start(tmp_path: Path, *args: str, state: str | None = None,
+def start(tmp_path: Path, *args: str, state: str | None = None, image_id: str = "sha256:1",
           **env_extra: str) -> tuple[int, list[str], str]:  # fmt: skip
-    """status.sh start ARGS with a stand-in docker whose `inspect` answers `state`."""
+    """status.sh start ARGS with a stand-in docker whose `inspect` answers `state` and
+    whose `image inspect` answers `image_id`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     docker = bin_dir / "docker"
@@ -119,10 +123,12 @@ def start(tmp_path: Path, *args: str, state: str | None = None,
     answer.unlink(missing_ok=True)
     if state is not None:
         answer.write_text(state + "\n")
+    (tmp_path / "image-id").write_text(f"{image_id}\n" if image_id else "")
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "DOCKER_LOG": str(log),
         "DOCKER_STATE": str(answer),
+        "DOCKER_IMAGE_ID": str(tmp_path / "image-id"),
         "DOCKER_SOCKET": str(sock_dir / "docker.sock"),
         "LOG_DIR": str(tmp_path / "main-logs"),
         "BACKUP_DIR": str(tmp_path / "no-backups"),
@@ -143,7 +149,7 @@ def test_start_runs_one_hardened_container_that_loops_every_minute(tmp_path):
     env_file.write_text("SLACK_WEBHOOK_URL=https://hooks.example/x\n")
     rc, calls, err = start(tmp_path, ENV_FILE=str(env_file))
     assert rc == 0, err
-    assert [c.split()[0] for c in calls] == ["inspect", "image", "rm", "run"]
+    assert [c.split()[0] for c in calls] == ["image", "inspect", "rm", "run"]
     run_line = calls[-1]
     assert run_line.startswith("run -d --name aiia_status_collector --label aiia.status.config=")
     for flag in ("--restart unless-stopped", "--cap-drop ALL", "--read-only",
@@ -165,13 +171,18 @@ def test_start_changes_nothing_when_it_runs_with_these_settings(tmp_path):
     label = next(w for w in calls[-1].split() if w.startswith("aiia.status.config="))
     config = label.split("=", 1)[1]
     rc, calls, err = start(tmp_path, state=f"true {config}")
-    assert rc == 0 and calls == [calls[0]] and calls[0].startswith("inspect"), calls
+    assert rc == 0 and [c.split()[0] for c in calls] == ["image", "inspect"], calls
     assert "runs the collector every minute" in err
     assert start(tmp_path, "--check", state=f"true {config}")[:2] == (0, calls)
     # stopped, other settings or absent: --check says so (3) and starts nothing
     for state in (f"false {config}", "true 0123456789abcdef", None):
         rc, calls, _ = start(tmp_path, "--check", state=state)
-        assert rc == 3 and [c.split()[0] for c in calls] == ["inspect"], (state, calls)
-    # other settings (another collector argument): replaced
-    rc, calls, _ = start(tmp_path, state=f"true {config}", STATUS_ARGS="--now 1700000000")
-    assert rc == 0 and [c.split()[0] for c in calls] == ["inspect", "image", "rm", "run"]
+        assert rc == 3 and [c.split()[0] for c in calls] == ["image", "inspect"], (state, calls)
+    # other settings (another collector argument, a rebuilt image): replaced
+    for other in ({"STATUS_ARGS": "--now 1700000000"}, {"image_id": "sha256:2"}):
+        rc, calls, _ = start(tmp_path, state=f"true {config}", **other)
+        assert rc == 0 and [c.split()[0] for c in calls] == ["image", "inspect", "rm", "run"]
+    # no image: nothing started, the fix named
+    rc, calls, err = start(tmp_path, state=f"true {config}", image_id="")
+    assert rc == 2 and "docker compose build backup" in err
+    assert not any(c.startswith("run") for c in calls)
