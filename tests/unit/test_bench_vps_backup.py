@@ -4,6 +4,7 @@ server, the goals beside the figures. The watcher itself runs here with sh, for 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shlex
 import subprocess
 import sys
@@ -51,10 +52,10 @@ def test_a_run_without_samples_has_no_peaks_and_keeps_what_failed_said():
     assert vb.parse_watch("").rc != 0
 
 
-def _sh(command: str) -> str:
+def _sh(command: str, env: dict | None = None) -> str:
     # what the server's shell runs, run by this machine's sh
     return subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                          timeout=60).stdout  # fmt: skip
+                          timeout=60, env=env).stdout  # fmt: skip
 
 
 def test_the_watcher_times_the_command_and_passes_its_status_and_stderr_through():
@@ -72,6 +73,52 @@ def test_the_watcher_ends_with_the_command_when_the_container_never_appears():
     out = _sh(vb.watch_command(name, "true"))
     w = vb.parse_watch(out)
     assert (w.rc, w.samples, w.anon_mb) == (0, 0, None)
+
+
+def _fake_docker(tmp_path, body: str) -> dict:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text("#!/bin/sh\n" + body)
+    docker.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_the_disk_floor_writes_the_whole_dump_to_a_file_syncs_it_and_removes_it(tmp_path):
+    # a stand-in for `docker exec aiia_postgresql pg_dump -Fc ...`: 3 MiB on stdout, and
+    # where the file stood when the dump ended (the size sync saw is checked below)
+    env = _fake_docker(tmp_path, 'echo "$*" > "$ARGS"; head -c 3145728 /dev/zero\n')
+    work = tmp_path / "work dir"
+    work.mkdir()
+    cmd = vb.disk_floor_command("aiia_prod", str(work))
+    seen = tmp_path / "seen"
+    # the size of the file at the moment sync runs: sync wrapped on PATH to look at it
+    (tmp_path / "bin" / "sync").write_text(
+        f'#!/bin/sh\nstat -c %s "$1" > {seen}\nexec /bin/sync "$@"\n'
+    )
+    (tmp_path / "bin" / "sync").chmod(0o755)
+    done = subprocess.run(["sh", "-c", cmd], env={**env, "ARGS": str(tmp_path / "args")})
+    assert done.returncode == 0
+    assert (tmp_path / "args").read_text().split() == [
+        "exec",
+        "aiia_postgresql",
+        "pg_dump",
+        "-Fc",
+        "-U",
+        "postgres",
+        "-d",
+        "aiia_prod",
+    ]
+    assert seen.read_text().strip() == str(3 * MIB)
+    assert list(work.iterdir()) == []  # nothing left behind
+
+
+def test_a_failed_disk_floor_fails_and_leaves_nothing(tmp_path):
+    env = _fake_docker(tmp_path, "head -c 1000 /dev/zero; echo broken >&2; exit 7\n")
+    out = _sh(vb.watch_command("-", vb.disk_floor_command("aiia_prod", str(tmp_path))), env)
+    w = vb.parse_watch(out)
+    assert w.rc == 7 and w.stderr == "broken"
+    assert not (tmp_path / "floor.dump").exists()
 
 
 def test_the_scripts_run_as_cron_runs_them():
@@ -128,6 +175,7 @@ def _report(**over):
 def test_each_goal_is_set_beside_its_figure():
     g = vb.goals(_report())
     assert g["ratio"] == {"value": 1.1, "goal": 1.1, "met": True}  # 44 / 40, within 1.1x
+    assert "ratio_disk_floor" not in g  # that floor did not run
     assert g["backup_anon_mib"] == {"value": 31.0, "goal": 64, "met": True}
     assert g["backup_working_mib"]["met"] is True
     assert g["rto_s"] == {"value": 301.0, "goal": 300, "met": False}
@@ -146,3 +194,14 @@ def test_a_failed_run_gives_no_ratio_and_the_table_says_it_failed():
     assert "scripts/backup.sh production FAILED" in text
     assert "rto_s: 301.0 against 300: NOT met" in text
     assert "database 1030 MiB" in text and "limit 512 MiB" in text
+
+
+def test_the_disk_floor_gives_a_second_ratio_beside_the_goals_own():
+    report = _report(floor_disk={"seconds": 50.0, "ok": True, "users": _users(150.0),
+                                 "memory": _memory()})  # fmt: skip
+    report["goals"] = g = vb.goals(report)
+    assert g["ratio"] == {"value": 1.1, "goal": 1.1, "met": True}  # the goal's floor, 40 s
+    assert g["ratio_disk_floor"] == {"value": 0.88, "goal": 1.1, "met": True}  # 44 / 50
+    text = vb.table(report)
+    row = next(line for line in text.splitlines() if line.startswith("floor to disk"))
+    assert row.split()[8:10] == ["50.0", "1.25"]  # its seconds, and x the goal's floor

@@ -361,7 +361,7 @@ def test_backup_bench_inside_the_vps(setup_done, tmp_path):
     print(proc.stdout[:3000])
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert list(doc["phases"]) == ["quiet", "floor", "ours", "restore"]
+    assert list(doc["phases"]) == ["quiet", "floor", "floor_disk", "ours", "restore"]
     assert doc["database_mib"] >= 40
     for name, phase in doc["phases"].items():
         assert phase["ok"], (name, phase)
