@@ -8,7 +8,8 @@ Starts a throwaway PostgreSQL 15 (initdb as OS user postgres; socket only, trust
 database to --size-mb (pg_database_size), then times, for each of --repeat rounds:
 
     floor   pg_dump -Fc > /dev/null
-    age     pg_dump -Fc | age -r KEY > file            (Debian's age)
+    age     pg_dump -Fc | age -r KEY > file            (Debian's age; pg_dump at the
+            pipeline's compression level, so both hold the same dump)
     opskit  the backup pipeline: pg_dump -Fc -> age encryption + SHA-256 -> file, tee'd
             into pg_restore --list, manifest, read-back checks, rotation
 
@@ -46,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import SITE, percentile  # noqa: E402
+
+from opskit.backup.commands import DUMP_COMPRESSION  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DB = "bench"
@@ -167,9 +170,11 @@ def fill(pg: Postgres, size_mb: int) -> int:
     return int(pg.psql(f"SELECT pg_database_size('{DB}')"))
 
 
-def pg_dump_argv(pg: Postgres) -> list[str]:
-    return [str(PG_BIN / "pg_dump"), "-Fc", "-h", pg.sock, "-p", str(pg.port), "-U", "postgres",
-            "-d", DB]  # fmt: skip
+def pg_dump_argv(pg: Postgres, compress: int | None = None) -> list[str]:
+    """pg_dump -Fc at its default compression (the floor) or at `compress`."""
+    level = [] if compress is None else [f"--compress={compress}"]
+    return [str(PG_BIN / "pg_dump"), "-Fc", *level, "-h", pg.sock, "-p", str(pg.port),
+            "-U", "postgres", "-d", DB]  # fmt: skip
 
 
 def run_floor(pg: Postgres) -> dict:
@@ -183,7 +188,7 @@ def run_floor(pg: Postgres) -> dict:
 def run_age(pg: Postgres, recipient: str, out: Path) -> dict:
     t0 = time.monotonic()
     with open(out, "wb") as f:
-        dump = subprocess.Popen(pg_dump_argv(pg), stdout=subprocess.PIPE)
+        dump = subprocess.Popen(pg_dump_argv(pg, DUMP_COMPRESSION), stdout=subprocess.PIPE)
         enc = subprocess.Popen(["age", "-r", recipient], stdin=dump.stdout, stdout=f)
         dump_rss, age_rss = PeakRss(dump.pid), PeakRss(enc.pid)
         assert dump.stdout is not None

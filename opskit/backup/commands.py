@@ -91,9 +91,17 @@ def docker_conn(
     return PgConn(user=user, prefix=(*prefix, container))
 
 
+# gzip level 1, not pg_dump's default 6: the dump is CPU-bound in pg_dump's compression,
+# on the same two vCPUs as the site. Measured on a 611 MiB database: 5.0 CPU-seconds of
+# pg_dump instead of 12.4, for a dump 11% larger (192 MiB instead of 173); pg_restore
+# reads either the same way, and inflating level 1 costs no more than level 6.
+DUMP_COMPRESSION = 1
+
+
 def pg_dump(conn: PgConn, db: str) -> list[str]:
     """The custom-format dump of one database to stdout (pg_restore reads it)."""
-    return [*conn.tool("pg_dump"), "--format=custom", *conn.options(), "--dbname", ident(db)]
+    return [*conn.tool("pg_dump"), "--format=custom", f"--compress={DUMP_COMPRESSION}",
+            *conn.options(), "--dbname", ident(db)]  # fmt: skip
 
 
 def pg_restore_list(conn: PgConn) -> list[str]:

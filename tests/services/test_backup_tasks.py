@@ -127,7 +127,7 @@ def test_dry_run_prints_the_pipeline_and_runs_nothing(backup_db, age_key, tmp_pa
     dry = inv(["db-backup", "--dry-run"], cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.startswith(
-        f"docker exec -i aiia_postgresql pg_dump --format=custom --username postgres "
+        f"docker exec -i aiia_postgresql pg_dump --format=custom --compress=1 --username postgres "
         f"--no-password --dbname {backup_db.name} | (in this process) age -r "
         f"{age_key.recipient}, sha256 > "
     )

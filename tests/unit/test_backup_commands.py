@@ -16,21 +16,21 @@ DOCKER = commands.docker_conn()
     [
         pytest.param(
             TCP,
-            ["pg_dump", "--format=custom", "--host", "postgresql", "--port", "5432",
-             "--username", "aiia_prod", "--no-password", "--dbname", "aiia_prod"],
+            ["pg_dump", "--format=custom", "--compress=1", "--host", "postgresql",
+             "--port", "5432", "--username", "aiia_prod", "--no-password", "--dbname", "aiia_prod"],
             id="tcp",
         ),
         pytest.param(
             DOCKER,
             ["docker", "exec", "-i", "aiia_postgresql", "pg_dump", "--format=custom",
-             "--username", "postgres", "--no-password", "--dbname", "aiia_prod"],
+             "--compress=1", "--username", "postgres", "--no-password", "--dbname", "aiia_prod"],
             id="docker-exec-socket",
         ),
         pytest.param(
             PgConn(user="aiia_prod", host="127.0.0.1", port=6543,
                    bin_dir="/usr/lib/postgresql/15/bin/"),
-            ["/usr/lib/postgresql/15/bin/pg_dump", "--format=custom", "--host", "127.0.0.1",
-             "--port", "6543", "--username", "aiia_prod", "--no-password",
+            ["/usr/lib/postgresql/15/bin/pg_dump", "--format=custom", "--compress=1",
+             "--host", "127.0.0.1", "--port", "6543", "--username", "aiia_prod", "--no-password",
              "--dbname", "aiia_prod"],
             id="bin-dir",
         ),
