@@ -8,8 +8,8 @@ Two ways run it, through the same restore code (opskit.backup.restore, `verify_o
   over SSH (opskit.remote.backup);
 - weekly from cron on the server, `scripts/drill.sh production`, with the drill's own key
   (`~/.config/aiia/drill.key` of the cron user, made by `fab setup` or `fab install-cron`;
-  every database dump is encrypted to it as well as to BACKUP_AGE_RECIPIENT). This module is what its
-  container runs: `python3 -m opskit.backup drill ...`.
+  every database dump is encrypted to it as well as to BACKUP_AGE_RECIPIENT). This module
+  is what its container runs: `python3 -m opskit.backup drill ...`.
 
 A failed drill says what failed and the command that fixes it.
 """
