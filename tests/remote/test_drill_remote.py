@@ -106,8 +106,26 @@ def scratch_databases() -> list[str]:
     return psql("SELECT datname FROM pg_database WHERE datname LIKE '%\\_restore\\_%'").split()
 
 
+COLLECTOR = "aiia_status_collector"
+
+
+def stop_collector(server) -> None:
+    """`scripts/status.sh stop`: the collector's own container removed."""
+    proc = subprocess.run(["bash", str(server.prod / "scripts" / "status.sh"), "stop"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture
+def started_collector(server):
+    """fab install-cron starts the collector's own container, which runs every minute until
+    stopped: never left to the tests after this one (they share the engine)."""
+    yield
+    stop_collector(server)
+
+
 def test_the_weekly_drill_from_cron_restores_the_newest_backup_and_a_bad_set_alerts(
-    server, ssh_host, cron_user, drill_key, receiver, collector, capsys
+    server, ssh_host, cron_user, drill_key, receiver, collector, started_collector, capsys
 ):
     # fab install-cron: the drill's key made once, three lines, twice changes nothing
     first = server.fab("install-cron", "--path", str(server.prod), "--user", cron_user)
@@ -121,6 +139,15 @@ def test_the_weekly_drill_from_cron_restores_the_newest_backup_and_a_bad_set_ale
     assert again.returncode == 0 and again.stdout.count("already installed") == 3
     assert f"the drill's key is already there: {drill_key}" in again.stdout
     assert crontab_of(cron_user).splitlines() == lines
+    # each run starts the collector's container unless it runs: it does, as the crontab's
+    # user; stopped here so that only this test's own runs below write the page it reads
+    assert "the status collector runs every minute" in again.stdout, again.stdout
+    state = ds.run(["docker", "inspect", "--format", "{{.State.Running}} {{.Config.User}}",
+                    COLLECTOR]).stdout.split()  # fmt: skip
+    assert state[0] == "true", state
+    assert state[1].split(":")[0] == str(pwd.getpwnam(cron_user).pw_uid), state
+    stop_collector(server)
+    assert not ds.run(["docker", "ps", "-aq", "--filter", f"name={COLLECTOR}"]).stdout.strip()
 
     # the night's backup, then Sunday's drill, as cron runs them
     backup = as_cron(backup_line, cron_user)
