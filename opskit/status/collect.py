@@ -1,7 +1,7 @@
 """One run of the collector: read everything once, keep it, alert on it, write the page.
 
-The same `collect` serves `python -m opskit.status run` (cron, through
-scripts/status.sh, every minute), `inv monitor` and `fab monitor`. A source that cannot
+The same `collect` serves `python -m opskit.status run` (every minute, in the container
+scripts/status.sh start keeps), `inv monitor` and `fab monitor`. A source that cannot
 be read becomes a line in `problems` and a grey card, never a crash: the page and the
 alerts still go out.
 """

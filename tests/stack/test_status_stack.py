@@ -1,6 +1,6 @@
-"""The status collector on the real server stack: scripts/status.sh, the command cron
-runs every minute, in its small container; the devstatus page nginx serves; alerts to a
-real webhook receiver on loopback.
+"""The status collector on the real server stack: `scripts/status.sh run`, one run of
+what the collector's container does every minute, in its small container; the devstatus
+page nginx serves; alerts to a real webhook receiver on loopback.
 
 Time: the stops, failures and CPU load are real; the collector's clock is handed in
 (`--now`, one minute per run) so that "5 minutes over 80 %" or "3 failed checks a minute
