@@ -28,7 +28,7 @@ from invoke import Collection, Exit
 from opskit import age, environments
 from opskit.backup import commands, drill, manifest, restore
 from opskit.backup.commands import PgConn
-from opskit.provision.cron import STATUS_SCHEDULE as STATUS_CRON_SCHEDULE
+from opskit.provision.cron import STATUS_SCHEDULE
 
 # The operators' guide's checkouts.
 GUIDE_PATHS = {name: env.path for name, env in environments.SERVERS.items()}
@@ -63,16 +63,12 @@ def cron_line(path: str = GUIDE_PATHS["production"], env: str = "production") ->
     return f"{CRON_SCHEDULE} {shlex.quote(f'{path}/{CRON_MARK}')} {env}"
 
 
-# the status collector runs every minute in its own container (scripts/status.sh start);
-# cron's hourly `start` only checks it (opskit/provision/cron.py)
-STATUS_SCHEDULE = STATUS_CRON_SCHEDULE
-
-
 def cron_lines(path: str = GUIDE_PATHS["production"], env: str = "production") -> list[str]:
     """Every entry the server's crontab needs for `env`: its backup; the status collector
     and the weekly restore drill once per box, with production's entries."""
     lines = [cron_line(path, env)]
     if env == "production":
+        # the collector runs every minute in its own container; cron's `start` only checks it
         lines.append(f"{STATUS_SCHEDULE} {shlex.quote(f'{path}/scripts/status.sh')} start")
         lines.append(f"{drill.SCHEDULE} {shlex.quote(f'{path}/scripts/drill.sh')} {env}")
     return lines
@@ -354,9 +350,10 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
     if not current.ok and "no crontab" not in current.stderr:
         raise Exit(f"crontab -l failed on {c.host}: {current.stderr.strip()} (is cron "
                    "installed? apt-get install cron)", 1)  # fmt: skip
+    # the user cron runs the drill, the backups and the collector as, when not the SSH user
+    other = user if user and user != getattr(c, "user", None) else None
     if env == "production":
-        # the key of the user cron runs the drill and the backups as: theirs, in their home
-        other = user if user and user != getattr(c, "user", None) else None
+        # the drill's key is theirs, in their home
         _drill_key(c, as_user=other, dry_run=dry_run)
     text = current.stdout if current.ok else ""
     changed = []
@@ -370,13 +367,13 @@ def install_cron(c, env="production", path=None, user=None, dry_run=False):
             state = "would install" if line in changed else "already installed"
             print(f"install-cron: {state}: {line}")
         if not dry_run and env == "production":
-            _start_status(c, root, user if user and user != getattr(c, "user", None) else None)
+            _start_status(c, root, other)
         return
     crontab_write(c, user, text)
     for line in lines:
         print(f"install-cron: {'installed' if line in changed else 'already installed'}: {line}")
     if env == "production":
-        _start_status(c, root, user if user and user != getattr(c, "user", None) else None)
+        _start_status(c, root, other)
 
 
 def _start_status(c, root: str, as_user: str | None) -> None:
