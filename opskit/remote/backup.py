@@ -100,7 +100,7 @@ def merge_crontab(current: str, line: str) -> tuple[str, bool]:
         words = bare.split()
         same = words[-2:] == target or (
             # the collector's former per-minute `status.sh run` line is replaced by `start`
-            target[0].endswith("/scripts/status.sh") and words[-2:-1] == target[:1]
+            target[0].endswith("/scripts/status.sh") and words[-2:] == [target[0], "run"]
         )
         ours = not existing.lstrip().startswith("#") and len(words) >= 7 and same
         if ours:

@@ -126,3 +126,12 @@ def test_drill_record_writes_logs_drill_json_atomically():
     assert json.loads(doc) == {"when": "2026-01-04T03:30:00+00:00", "env": "production",
                                "set": "db_prod_20260101_020000", "ok": True,
                                "detail": "12 tables"}  # fmt: skip
+
+
+def test_merge_crontab_replaces_the_former_collector_line_and_nothing_else_of_its_script():
+    script = "/home/ubuntu/main/ai-ia-backend/scripts/status.sh"
+    start = next(line for line in rb.cron_lines() if line.endswith(" start"))
+    own = f"*/5 * * * * {script} show"
+    current = f"* * * * * {script} run\n{own}\n"
+    text, changed = rb.merge_crontab(current, start)
+    assert changed and text.splitlines() == [start, own]
