@@ -10,6 +10,9 @@ they refuse to start with a weak DJANGO_SECRET_KEY and run the hardened settings
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from aiia import env
 
@@ -148,6 +151,12 @@ CACHES = {
             "socket_connect_timeout": 1,
             # a cache that answers slower than 2 s is worse than a cache miss
             "socket_timeout": 2,
+            # a command on a pooled connection that the far end forgot while it idled
+            # (it answers with a reset) runs again, once, on a new connection. The pool
+            # only notices a connection the server closed cleanly, and a client on a
+            # pool of its own (Django's) retries nothing by default. Timeouts and
+            # refused connects are not retried: each keeps its bound.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         },
     }
 }

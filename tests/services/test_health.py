@@ -6,6 +6,10 @@ ALLOWED_HOSTS and secure cookies are all on, as behind nginx on the server.
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,7 +34,7 @@ def single_worker_app(tmp_path_factory, app_environment):
     """Production settings in one worker of two threads: every probe shares one process."""
     workdir = tmp_path_factory.mktemp("health-single-worker")
     env = app_environment("production", workdir)
-    env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="2")
+    env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="1")
     manage(env, "migrate", "--noinput")
     with DjangoApp(env, workdir) as server:
         yield server
@@ -209,3 +213,99 @@ def test_staging_is_healthy_with_its_own_database_redis_db_and_user(
     prefix = redis_server.users["staging"][2]
     keys = redis_server.cli("--scan", "--pattern", f"{prefix}:1:health:*", "-n", "1")
     assert keys.startswith(f"{prefix}:1:health:"), keys
+
+
+class ForgetfulRelay:
+    """A TCP relay to Redis that can forget its connections the way a lost NAT or
+    overlay entry does: the client hears nothing until it next sends, then a reset.
+
+    The client's side then looks idle and healthy, so a pool's check on checkout passes;
+    only the next command finds out.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.resets = 0
+        self._lock = threading.Lock()
+        self._live: list[socket.socket] = []
+        self._forgotten: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def forget_all(self) -> int:
+        with self._lock:
+            self._forgotten = set(self._live)
+            return len(self._forgotten)
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._live.append(client)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            with self._lock:
+                forgotten = src in self._forgotten
+                if not data or forgotten:
+                    self._forgotten.discard(src)
+                    if src in self._live:
+                        self._live.remove(src)
+                    self.resets += bool(data and forgotten)
+                    break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        if data and forgotten:
+            # SO_LINGER 0: close() sends a reset, not a FIN
+            src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_a_pooled_redis_connection_the_network_forgot_costs_no_answer(
+    tmp_path_factory, app_environment, redis_server
+):
+    """The command that meets a connection forgotten while it idled gets a reset, and
+    runs again on a new connection: /health/ (a cache write and read) stays 200.
+
+    One thread: Django's caches are per thread, so its one pooled connection is the one
+    every probe uses."""
+    relay = ForgetfulRelay(redis_server.host, redis_server.port)
+    workdir = tmp_path_factory.mktemp("health-forgotten")
+    env = app_environment("production", workdir)
+    env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(relay.port),
+               GUNICORN_WORKERS="1", GUNICORN_THREADS="1")  # fmt: skip
+    manage(env, "migrate", "--noinput")
+    try:
+        with DjangoApp(env, workdir) as server:
+            wait_until(lambda: recovered(server), timeout=30, what="/health/ 200 through the relay")
+            for round_ in range(1, 4):
+                assert relay.forget_all() == 1
+                # past CACHE_RESULT_TTL_S: the next answer probes Redis again
+                time.sleep(1.2)
+                status, body = server.health()
+                assert status == 200, body
+                assert relay.resets == round_, "no command met the forgotten connection"
+            assert "health: cache failing" not in server.logs()
+    finally:
+        relay.close()

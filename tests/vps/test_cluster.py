@@ -144,6 +144,17 @@ class Swarm:
         rows = [line.split() for line in out.splitlines() if line.startswith("aiia_")]
         return len(rows) == 6 and all(r[1].split("/")[0] == r[1].split("/")[1] for r in rows)
 
+    def failed(self, load: Load) -> str:
+        """A failed load's first answers, and the app's own health log lines beside them
+        (the failing check's message, which the answers leave out)."""
+        lines = []
+        for service in ("aiia_django_prod", "aiia_django_staging"):
+            logs = self.db.exec("docker", "service", "logs", "--no-trunc", "--since", "30m",
+                                service, check=False)  # fmt: skip
+            text = logs.stdout + logs.stderr
+            lines += [line for line in text.splitlines() if "health:" in line]
+        return f"{load.failures[:10]}\napp health log:\n" + "\n".join(lines[-20:])
+
     def targets(self, host: str = PROD) -> list[tuple[int, str]]:
         return [(w.https_port, host) for w in self.web]
 
@@ -242,7 +253,7 @@ def test_rolling_update_under_load_drops_no_request(swarm, capsys):
         time.sleep(3)
     with capsys.disabled():
         print(f"\n{out}\nload: {load.summary()}")
-    assert load.failures == [], load.failures[:10]
+    assert load.failures == [], swarm.failed(load)
     assert load.versions(started) == ["v1", "v2"]
     # the last seconds: the new version alone, on every replica
     assert {v for t, _k, s, v in load.results if t > time.monotonic() - 2 and s == 200} == {"v2"}
@@ -265,7 +276,7 @@ def test_a_release_failing_its_health_check_is_rolled_back_by_the_swarm(swarm, c
     with capsys.disabled():
         print(f"\n{out}\nload: {load.summary()}")
     assert "health gate failed: the swarm rolled aiia_django_prod back to" in out
-    assert load.failures == [], load.failures[:10]
+    assert load.failures == [], swarm.failed(load)
     assert load.versions() == ["v2"]
     assert {image for _n, image in swarm.running("django_prod")} == {swarm.images["v2"]}
 
@@ -276,7 +287,7 @@ def test_rollback_returns_to_the_previous_image(swarm, capsys):
         time.sleep(2)
     with capsys.disabled():
         print(f"\n{out}\nload: {load.summary()}")
-    assert load.failures == [], load.failures[:10]
+    assert load.failures == [], swarm.failed(load)
     assert {image for _n, image in swarm.running("django_prod")} == {swarm.images["v1"]}
     assert "[5/7] migrate    skipped" in out
 
