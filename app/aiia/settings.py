@@ -157,6 +157,10 @@ CACHES = {
             # pool of its own (Django's) retries nothing by default. Timeouts and
             # refused connects are not retried: each keeps its bound.
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            # Redis 7.0 (Debian 12's) has no CLIENT SETINFO: without these, each new
+            # connection spends two round trips on "unknown subcommand" errors
+            "lib_name": None,
+            "lib_version": None,
         },
     }
 }

@@ -228,6 +228,7 @@ class ForgetfulRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.resets = 0
+        self.seen: list[bytes] = []  # what went through, both ways
         self._lock = threading.Lock()
         self._live: list[socket.socket] = []
         self._forgotten: set[socket.socket] = set()
@@ -267,6 +268,7 @@ class ForgetfulRelay:
                         self._live.remove(src)
                     self.resets += bool(data and forgotten)
                     break
+            self.seen.append(data)
             try:
                 dst.sendall(data)
             except OSError:
@@ -307,5 +309,14 @@ def test_a_pooled_redis_connection_the_network_forgot_costs_no_answer(
                 assert status == 200, body
                 assert relay.resets == round_, "no command met the forgotten connection"
             assert "health: cache failing" not in server.logs()
+        # each new connection (four or more) authenticated and went straight to work: no command
+        # this Redis does not know (CLIENT SETINFO), no error answer
+        # the relay saw the password: only counts and flags reach an assertion's message
+        relay_log = b"".join(relay.seen)
+        connections = relay_log.count(b"AUTH")
+        setinfo, errors = b"SETINFO" in relay_log, b"\r\n-ERR" in relay_log
+        assert connections >= 4, "fewer connections than rounds"
+        assert not setinfo, "a new connection sent CLIENT SETINFO"
+        assert not errors, "Redis answered an error"
     finally:
         relay.close()
