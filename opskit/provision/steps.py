@@ -223,6 +223,68 @@ def apply_daemon_json(ctx: Context, plan: Plan) -> None:
                "sleep 1; done; exit 1"], "waiting for Docker", timeout=90)  # fmt: skip
 
 
+# ============================================================================ engine's Go runtime
+
+
+def read_engine_go(ctx: Context) -> dict[str, str]:
+    parts = {}
+    for unit in state.ENGINE_UNITS:
+        path = state.engine_dropin_path(unit)
+        parts[f"{unit}-load"] = f"systemctl show -p LoadState --value {unit}.service"
+        parts[unit] = f"[ ! -e {path} ] || cat {path}"
+    return state.sections(ctx.r.run(["sh", "-c", state.probe_script(parts)]).stdout)
+
+
+def plan_engine_go(found: dict[str, str], opts: Options) -> Plan:
+    units = state.engine_dropins_to_write(found)
+    return Plan(
+        [f"{state.engine_dropin_path(u)}: GOGC={state.ENGINE_GOGC}, restart {u}" for u in units],
+        data=units,
+    )
+
+
+def _engine_gogc(ctx: Context, unit: str) -> str:
+    """GOGC in the environment of the unit's main process ("" when unset)."""
+    script = (
+        'pid=$(systemctl show -p MainPID --value "$1.service"); '
+        'tr "\\0" "\\n" < "/proc/$pid/environ" | sed -n "s/^GOGC=//p"'
+    )
+    res = ctx.r.run(["sh", "-c", script, "sh", unit])
+    return res.stdout.strip()
+
+
+def apply_engine_go(ctx: Context, plan: Plan) -> None:
+    for unit in plan.data:
+        path = state.engine_dropin_path(unit)
+        ctx.check(["sh", "-c", 'set -e; install -d "${1%/*}"; cat > "$1.new"; mv "$1.new" "$1"',
+                   "sh", path], f"writing {path}", stdin=state.engine_dropin(unit))  # fmt: skip
+    ctx.check(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+    for unit in plan.data:  # containerd first: dockerd reconnects to it
+        path = state.engine_dropin_path(unit)
+        back = (
+            f"see journalctl -u {unit} -n 50; to go back: rm {path} && "
+            f"systemctl daemon-reload && systemctl restart {unit}"
+        )
+        res = ctx.r.run(["systemctl", "restart", unit], timeout=180)
+        if not res.ok:
+            raise SetupError(f"systemctl restart {unit} failed with {path}: {res.tail(3)}; {back}")
+        if unit == "docker":
+            wait = ctx.r.run(["sh", "-c", "for i in $(seq 60); do docker info >/dev/null 2>&1 "
+                              "&& exit 0; sleep 1; done; exit 1"], timeout=90)  # fmt: skip
+            if not wait.ok:
+                raise SetupError(f"Docker does not answer after its restart with {path}; {back}")
+        got = _engine_gogc(ctx, unit)
+        if got != state.ENGINE_GOGC:
+            raise SetupError(
+                f"{unit} runs with GOGC={got or '(unset)'}, not {state.ENGINE_GOGC} as {path} "
+                f"says: a later drop-in overrides it? (systemctl cat {unit}; "
+                f"systemctl show -p Environment {unit})"
+            )
+    if "containerd" in plan.data:
+        ctx.say("    containers already running keep their shims' former GOGC until they are "
+                "recreated")  # fmt: skip
+
+
 # ============================================================================ memory
 
 
@@ -837,6 +899,8 @@ STEPS: tuple[Step, ...] = (
     _step("compose", "Compose v2", read_compose, plan_compose, apply_compose),
     _step("daemon-json", "/etc/docker/daemon.json", read_daemon_json, plan_daemon_json,
           apply_daemon_json),
+    _step("engine-go", "the engine's Go runtime", read_engine_go, plan_engine_go,
+          apply_engine_go),
     _step("memory", "memory: no idle helpers", read_memory, plan_memory, apply_memory),
     _step("user", "deploy user", read_user, plan_user, apply_user),
     _step("sshd", "sshd: keys only", read_sshd, plan_sshd, apply_sshd),

@@ -13,7 +13,7 @@ from opskit import age
 from opskit.provision import envfiles, state, steps
 from opskit.provision.cron import cron_jobs
 from opskit.remote import backup as backup_tasks
-from opskit.runner import LocalRunner, Result
+from opskit.runner import LocalRunner, Result, Runner
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "provision"
 PROD = "/home/ubuntu/main/ai-ia-backend"
@@ -117,6 +117,140 @@ def test_daemon_json_that_is_not_json_is_refused_not_replaced():
     with pytest.raises(state.StateError, match="not valid JSON.*never replaces"):
         state.merge_daemon_json("{nope")
     assert state.merge_daemon_json("")[0]["live-restore"] is True
+
+
+# ----------------------------------------------------------------------------- engine's Go runtime
+
+
+class EngineHost(Runner):
+    """A server's systemd as far as the engine-go step sees it: drop-in files, which units
+    exist, and the GOGC each unit's process started with (read from its drop-in at restart)."""
+
+    where = "engine host"
+
+    def __init__(self, units=("containerd", "docker"), files=None, fail_restart=(), env=None):
+        self.units = set(units)
+        self.files: dict[str, str] = dict(files or {})
+        self.fail_restart = set(fail_restart)
+        self.env: dict[str, str] = dict(env or {})
+        self.restarts: list[str] = []
+
+    def run(self, argv, *, stdin=None, timeout=None):
+        argv = tuple(argv)
+        if argv == ("systemctl", "daemon-reload"):
+            return Result(argv, 0)
+        if argv[:2] == ("systemctl", "restart"):
+            unit = argv[2]
+            if unit in self.fail_restart:
+                return Result(argv, 1, "", f"Job for {unit}.service failed.\n")
+            self.restarts.append(unit)
+            text = self.files.get(state.engine_dropin_path(unit), "")
+            self.env[unit] = text.split("GOGC=")[-1].strip() if "GOGC=" in text else ""
+            return Result(argv, 0)
+        assert argv[:2] == ("sh", "-c"), argv
+        script = argv[2]
+        if script == state.HOST_PROBE:
+            return Result(argv, 0, fixture("host-vps-debian12.txt"))
+        if script.startswith("echo '## "):  # the probe
+            out = []
+            for unit in state.ENGINE_UNITS:
+                load = "loaded" if unit in self.units else "not-found"
+                out += [f"## {unit}-load", load, f"## {unit}"]
+                out += [self.files.get(state.engine_dropin_path(unit), "")]
+            return Result(argv, 0, "\n".join(out) + "\n")
+        if "install -d" in script:  # writing a drop-in
+            self.files[argv[4]] = stdin
+            return Result(argv, 0)
+        if "docker info" in script:
+            return Result(argv, 0)
+        if "environ" in script:
+            return Result(argv, 0, self.env.get(argv[4], "") + "\n")
+        raise AssertionError(argv)
+
+
+def engine_step() -> list[steps.Step]:
+    # right after daemon.json: the engine restarts before any container runs
+    names = steps.STEP_NAMES
+    assert names.index("engine-go") == names.index("daemon-json") + 1
+    return [s for s in steps.STEPS if s.name == "engine-go"]
+
+
+def test_engine_drop_ins_are_planned_where_missing_or_different():
+    dropin = state.engine_dropin
+    both = {"containerd-load": "loaded", "docker-load": "loaded"}
+    assert state.engine_dropins_to_write(both) == ["containerd", "docker"]
+    done = {**both, "containerd": dropin("containerd"), "docker": dropin("docker") + "\n"}
+    assert state.engine_dropins_to_write(done) == []
+    other = {**done, "docker": "[Service]\nEnvironment=GOGC=200\n"}
+    assert state.engine_dropins_to_write(other) == ["docker"]
+    # Docker without a containerd unit of its own: dockerd's child has dockerd's environment
+    alone = {"containerd-load": "not-found", "docker-load": "loaded"}
+    assert state.engine_dropins_to_write(alone) == ["docker"]
+    # a bare server in a dry run: both, once the packages step installs them
+    bare = {"containerd-load": "not-found", "docker-load": "not-found"}
+    assert state.engine_dropins_to_write(bare) == ["containerd", "docker"]
+
+
+def test_engine_drop_ins_say_their_reason_and_reach_the_shims():
+    text = state.engine_dropin("containerd")
+    comment, *rest = text.splitlines()
+    assert comment.startswith("# ") and "shims" in comment and "512 MB" in comment
+    assert rest == ["[Service]", f"Environment=GOGC={state.ENGINE_GOGC}"]
+    assert "shims" not in state.engine_dropin("docker")
+
+
+def test_engine_step_writes_restarts_once_and_then_changes_nothing():
+    server = EngineHost()
+    said: list[str] = []
+    ctx = steps.Context(server, steps.Options(), say=said.append)
+
+    dry = steps.run(ctx, dry_run=True, steps=engine_step())
+    assert dry.planned == [("engine-go", [
+        f"/etc/systemd/system/containerd.service.d/50-aiia-memory.conf: GOGC={state.ENGINE_GOGC}, "
+        "restart containerd",
+        f"/etc/systemd/system/docker.service.d/50-aiia-memory.conf: GOGC={state.ENGINE_GOGC}, "
+        "restart docker",
+    ])]  # fmt: skip
+    assert server.files == {} and server.restarts == []
+
+    done = steps.run(ctx, steps=engine_step())
+    assert done.changes == 2 and server.restarts == ["containerd", "docker"]
+    for unit in ("containerd", "docker"):
+        assert server.files[state.engine_dropin_path(unit)] == state.engine_dropin(unit)
+        assert server.env[unit] == state.ENGINE_GOGC
+
+    again = steps.run(ctx, steps=engine_step())
+    assert again.changes == 0 and server.restarts == ["containerd", "docker"]
+
+    # an edited drop-in: only its unit is written and restarted
+    server.files[state.engine_dropin_path("docker")] = "[Service]\nEnvironment=GOGC=200\n"
+    steps.run(ctx, steps=engine_step())
+    assert server.restarts == ["containerd", "docker", "docker"]
+
+
+def test_engine_restart_that_fails_names_the_unit_and_the_way_back():
+    server = EngineHost(fail_restart={"docker"})
+    ctx = steps.Context(server, steps.Options(), say=lambda _: None)
+    path = state.engine_dropin_path("docker")
+    with pytest.raises(steps.SetupError) as err:
+        steps.run(ctx, steps=engine_step())
+    msg = str(err.value)
+    assert msg.startswith("step engine-go: systemctl restart docker failed")
+    assert "journalctl -u docker" in msg
+    assert f"rm {path} && systemctl daemon-reload && systemctl restart docker" in msg
+
+
+def test_engine_unit_that_does_not_take_the_setting_stops_the_step():
+    class Overridden(EngineHost):
+        def run(self, argv, *, stdin=None, timeout=None):
+            res = super().run(argv, stdin=stdin, timeout=timeout)
+            if tuple(argv[:2]) == ("systemctl", "restart"):
+                self.env[argv[2]] = "200"  # a later drop-in of someone else's wins
+            return res
+
+    ctx = steps.Context(Overridden(), steps.Options(), say=lambda _: None)
+    with pytest.raises(steps.SetupError, match=r"containerd runs with GOGC=200, not .* overrides"):
+        steps.run(ctx, steps=engine_step())
 
 
 # ----------------------------------------------------------------------------- memory

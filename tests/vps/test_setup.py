@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from opskit import certs, settings
+from opskit.provision import state
 from tests.harness.core import ROOT, wait_until
 from tests.vps import setupkit
 
@@ -179,6 +180,17 @@ def test_nothing_is_duplicated_after_the_interrupted_run(setup_done):
     assert (
         "PasswordAuthentication no" in v.exec("cat", "/etc/ssh/sshd_config.d/60-aiia.conf").stdout
     )
+    # the engine's Go collector: dockerd, containerd and every container's shim (which
+    # inherit containerd's environment) run with the drop-ins' GOGC
+    gogc = v.sh(
+        "for p in $(pgrep -x dockerd) $(pgrep -x containerd) $(pgrep -x containerd-shim); "
+        "do echo $(cat /proc/$p/comm):$(tr '\\0' '\\n' < /proc/$p/environ | grep '^GOGC='); done"
+    ).stdout.split()
+    assert len(gogc) >= 8, gogc  # the two daemons and the stack's shims
+    assert {entry.split(":")[1] for entry in gogc} == {f"GOGC={state.ENGINE_GOGC}"}, gogc
+    for unit in ("docker", "containerd"):
+        dropin = v.exec("cat", state.engine_dropin_path(unit)).stdout
+        assert dropin == state.engine_dropin(unit), dropin
     # the resident upgrade helper is off; the upgrades still run from their timer
     units = ["unattended-upgrades.service", "apt-daily-upgrade.timer"]
     enabled = v.exec("systemctl", "is-enabled", *units, check=False).stdout.split()
