@@ -244,22 +244,27 @@ def engine_dropin(unit: str) -> str:
     )
 
 
-def engine_dropins_to_write(found: Mapping[str, str]) -> list[str]:
-    """The units whose drop-in is missing or differs, from the engine probe's sections:
-    `<unit>-load` (systemctl show -p LoadState --value) and `<unit>` (the drop-in's text).
+def engine_changes(found: Mapping[str, str]) -> list[tuple[str, bool]]:
+    """(unit, write its drop-in?) for each unit to restart, from the engine probe's sections:
+    `<unit>-load` (systemctl show -p LoadState --value), `<unit>` (the drop-in's text) and
+    `<unit>-gogc` (GOGC in its running process's environment; `-` when it does not run).
 
-    Without a containerd.service of its own (docker-ce before containerd.io), dockerd starts
-    containerd as its child, with its own environment: docker.service's drop-in reaches it.
-    Before Docker is installed (a dry run on a bare server), both are planned.
+    A unit whose drop-in is right but whose process runs without its GOGC (a run cut short
+    between the write and the restart) is restarted only. Without a containerd.service of its
+    own (docker-ce before containerd.io), dockerd starts containerd as its child, with its
+    own environment: docker.service's drop-in reaches it. Before Docker is installed (a dry
+    run on a bare server), both are planned.
     """
     docker_known = found.get("docker-load", "").strip() == "loaded"
-    units = []
+    out = []
     for unit in ENGINE_UNITS:
         if docker_known and found.get(f"{unit}-load", "").strip() != "loaded":
             continue
         if found.get(unit, "").strip() != engine_dropin(unit).strip():
-            units.append(unit)
-    return units
+            out.append((unit, True))
+        elif found.get(f"{unit}-gogc", "-").strip() not in ("-", ENGINE_GOGC):
+            out.append((unit, False))
+    return out
 
 
 # ----------------------------------------------------------------------------- memory

@@ -232,15 +232,25 @@ def read_engine_go(ctx: Context) -> dict[str, str]:
         path = state.engine_dropin_path(unit)
         parts[f"{unit}-load"] = f"systemctl show -p LoadState --value {unit}.service"
         parts[unit] = f"[ ! -e {path} ] || cat {path}"
+        parts[f"{unit}-gogc"] = (
+            f"pid=$(systemctl show -p MainPID --value {unit}.service); "
+            f'if [ "${{pid:-0}}" = 0 ]; then echo -; else '
+            f"tr '\\0' '\\n' < /proc/$pid/environ | sed -n 's/^GOGC=//p'; fi"
+        )
     return state.sections(ctx.r.run(["sh", "-c", state.probe_script(parts)]).stdout)
 
 
 def plan_engine_go(found: dict[str, str], opts: Options) -> Plan:
-    units = state.engine_dropins_to_write(found)
-    return Plan(
-        [f"{state.engine_dropin_path(u)}: GOGC={state.ENGINE_GOGC}, restart {u}" for u in units],
-        data=units,
-    )
+    changes = []
+    for unit, write in state.engine_changes(found):
+        path = state.engine_dropin_path(unit)
+        if write:
+            changes.append(f"{path}: GOGC={state.ENGINE_GOGC}, restart {unit}")
+        else:
+            got = found.get(f"{unit}-gogc", "").strip() or "(unset)"
+            changes.append(f"restart {unit}: it runs with GOGC={got}, {path} says "
+                           f"{state.ENGINE_GOGC}")  # fmt: skip
+    return Plan(changes, data=state.engine_changes(found))
 
 
 def _engine_gogc(ctx: Context, unit: str) -> str:
@@ -254,12 +264,14 @@ def _engine_gogc(ctx: Context, unit: str) -> str:
 
 
 def apply_engine_go(ctx: Context, plan: Plan) -> None:
-    for unit in plan.data:
+    for unit, write in plan.data:
+        if not write:
+            continue
         path = state.engine_dropin_path(unit)
         ctx.check(["sh", "-c", 'set -e; install -d "${1%/*}"; cat > "$1.new"; mv "$1.new" "$1"',
                    "sh", path], f"writing {path}", stdin=state.engine_dropin(unit))  # fmt: skip
     ctx.check(["systemctl", "daemon-reload"], "systemctl daemon-reload")
-    for unit in plan.data:  # containerd first: dockerd reconnects to it
+    for unit, _ in plan.data:  # containerd first: dockerd reconnects to it
         path = state.engine_dropin_path(unit)
         back = (
             f"see journalctl -u {unit} -n 50; to go back: rm {path} && "
@@ -280,7 +292,7 @@ def apply_engine_go(ctx: Context, plan: Plan) -> None:
                 f"says: a later drop-in overrides it? (systemctl cat {unit}; "
                 f"systemctl show -p Environment {unit})"
             )
-    if "containerd" in plan.data:
+    if "containerd" in [unit for unit, _ in plan.data]:
         ctx.say("    containers already running keep their shims' former GOGC until they are "
                 "recreated")  # fmt: skip
 

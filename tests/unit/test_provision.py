@@ -157,6 +157,8 @@ class EngineHost(Runner):
                 load = "loaded" if unit in self.units else "not-found"
                 out += [f"## {unit}-load", load, f"## {unit}"]
                 out += [self.files.get(state.engine_dropin_path(unit), "")]
+                running = unit in self.units and unit in self.env
+                out += [f"## {unit}-gogc", self.env[unit] if running else "-"]
             return Result(argv, 0, "\n".join(out) + "\n")
         if "install -d" in script:  # writing a drop-in
             self.files[argv[4]] = stdin
@@ -176,19 +178,24 @@ def engine_step() -> list[steps.Step]:
 
 
 def test_engine_drop_ins_are_planned_where_missing_or_different():
-    dropin = state.engine_dropin
+    dropin, gogc = state.engine_dropin, state.ENGINE_GOGC
     both = {"containerd-load": "loaded", "docker-load": "loaded"}
-    assert state.engine_dropins_to_write(both) == ["containerd", "docker"]
-    done = {**both, "containerd": dropin("containerd"), "docker": dropin("docker") + "\n"}
-    assert state.engine_dropins_to_write(done) == []
+    assert state.engine_changes(both) == [("containerd", True), ("docker", True)]
+    done = {**both, "containerd": dropin("containerd"), "docker": dropin("docker") + "\n",
+            "containerd-gogc": gogc, "docker-gogc": gogc}  # fmt: skip
+    assert state.engine_changes(done) == []
     other = {**done, "docker": "[Service]\nEnvironment=GOGC=200\n"}
-    assert state.engine_dropins_to_write(other) == ["docker"]
+    assert state.engine_changes(other) == [("docker", True)]
+    # written, then the run was cut before the restart: restarted, not written again
+    cut = {**done, "docker-gogc": ""}
+    assert state.engine_changes(cut) == [("docker", False)]
+    assert state.engine_changes({**done, "docker-gogc": "-"}) == []  # not running: nothing to do
     # Docker without a containerd unit of its own: dockerd's child has dockerd's environment
     alone = {"containerd-load": "not-found", "docker-load": "loaded"}
-    assert state.engine_dropins_to_write(alone) == ["docker"]
+    assert state.engine_changes(alone) == [("docker", True)]
     # a bare server in a dry run: both, once the packages step installs them
     bare = {"containerd-load": "not-found", "docker-load": "not-found"}
-    assert state.engine_dropins_to_write(bare) == ["containerd", "docker"]
+    assert state.engine_changes(bare) == [("containerd", True), ("docker", True)]
 
 
 def test_engine_drop_ins_say_their_reason_and_reach_the_shims():
@@ -226,6 +233,15 @@ def test_engine_step_writes_restarts_once_and_then_changes_nothing():
     server.files[state.engine_dropin_path("docker")] = "[Service]\nEnvironment=GOGC=200\n"
     steps.run(ctx, steps=engine_step())
     assert server.restarts == ["containerd", "docker", "docker"]
+    assert server.files[state.engine_dropin_path("docker")] == state.engine_dropin("docker")
+
+    # a run cut after the write, before the restart: the next run restarts, writes nothing
+    server.env["containerd"] = ""
+    said.clear()
+    steps.run(ctx, steps=engine_step())
+    assert server.restarts == ["containerd", "docker", "docker", "containerd"]
+    assert "change: restart containerd: it runs with GOGC=(unset), " in "\n".join(said)
+    assert steps.run(ctx, steps=engine_step()).changes == 0
 
 
 def test_engine_restart_that_fails_names_the_unit_and_the_way_back():
