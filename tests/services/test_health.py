@@ -34,7 +34,7 @@ def single_worker_app(tmp_path_factory, app_environment):
     """Production settings in one worker of two threads: every probe shares one process."""
     workdir = tmp_path_factory.mktemp("health-single-worker")
     env = app_environment("production", workdir)
-    env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="1")
+    env.update(GUNICORN_WORKERS="1", GUNICORN_THREADS="2")
     manage(env, "migrate", "--noinput")
     with DjangoApp(env, workdir) as server:
         yield server
@@ -309,9 +309,9 @@ def test_a_pooled_redis_connection_the_network_forgot_costs_no_answer(
                 assert status == 200, body
                 assert relay.resets == round_, "no command met the forgotten connection"
             assert "health: cache failing" not in server.logs()
-        # each new connection (four or more) authenticated and went straight to work: no command
-        # this Redis does not know (CLIENT SETINFO), no error answer
-        # the relay saw the password: only counts and flags reach an assertion's message
+        # each new connection (four or more) authenticated and went straight to work: no
+        # command this Redis does not know (CLIENT SETINFO), no error answer. The relay saw
+        # the password: only counts and flags reach an assertion's message.
         relay_log = b"".join(relay.seen)
         connections = relay_log.count(b"AUTH")
         setinfo, errors = b"SETINFO" in relay_log, b"\r\n-ERR" in relay_log
