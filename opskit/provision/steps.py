@@ -226,23 +226,30 @@ def apply_daemon_json(ctx: Context, plan: Plan) -> None:
 # ============================================================================ engine's Go runtime
 
 
+def _gogc_script(unit: str) -> str:
+    """Shell: GOGC in the environment of `unit`'s main process ("" when unset, "-" when it
+    does not run). `unit` may be "$1"."""
+    return (
+        f'pid=$(systemctl show -p MainPID --value "{unit}.service"); '
+        'if [ "${pid:-0}" = 0 ]; then echo -; else '
+        "tr '\\0' '\\n' < /proc/$pid/environ | sed -n 's/^GOGC=//p'; fi"
+    )
+
+
 def read_engine_go(ctx: Context) -> dict[str, str]:
     parts = {}
     for unit in state.ENGINE_UNITS:
         path = state.engine_dropin_path(unit)
         parts[f"{unit}-load"] = f"systemctl show -p LoadState --value {unit}.service"
         parts[unit] = f"[ ! -e {path} ] || cat {path}"
-        parts[f"{unit}-gogc"] = (
-            f"pid=$(systemctl show -p MainPID --value {unit}.service); "
-            f'if [ "${{pid:-0}}" = 0 ]; then echo -; else '
-            f"tr '\\0' '\\n' < /proc/$pid/environ | sed -n 's/^GOGC=//p'; fi"
-        )
+        parts[f"{unit}-gogc"] = _gogc_script(unit)
     return state.sections(ctx.r.run(["sh", "-c", state.probe_script(parts)]).stdout)
 
 
 def plan_engine_go(found: dict[str, str], opts: Options) -> Plan:
     changes = []
-    for unit, write in state.engine_changes(found):
+    planned = state.engine_changes(found)
+    for unit, write in planned:
         path = state.engine_dropin_path(unit)
         if write:
             changes.append(f"{path}: GOGC={state.ENGINE_GOGC}, restart {unit}")
@@ -250,17 +257,12 @@ def plan_engine_go(found: dict[str, str], opts: Options) -> Plan:
             got = found.get(f"{unit}-gogc", "").strip() or "(unset)"
             changes.append(f"restart {unit}: it runs with GOGC={got}, {path} says "
                            f"{state.ENGINE_GOGC}")  # fmt: skip
-    return Plan(changes, data=state.engine_changes(found))
+    return Plan(changes, data=planned)
 
 
 def _engine_gogc(ctx: Context, unit: str) -> str:
-    """GOGC in the environment of the unit's main process ("" when unset)."""
-    script = (
-        'pid=$(systemctl show -p MainPID --value "$1.service"); '
-        'tr "\\0" "\\n" < "/proc/$pid/environ" | sed -n "s/^GOGC=//p"'
-    )
-    res = ctx.r.run(["sh", "-c", script, "sh", unit])
-    return res.stdout.strip()
+    """GOGC in the environment of the unit's main process ("" when unset or not running)."""
+    return ctx.r.run(["sh", "-c", _gogc_script("$1"), "sh", unit]).stdout.strip().strip("-")
 
 
 def apply_engine_go(ctx: Context, plan: Plan) -> None:
