@@ -202,29 +202,72 @@ def stock_backend(workdir: Path, *, notes: int = 50) -> Iterator[Backend]:
         shutil.rmtree(confs, ignore_errors=True)
 
 
-class UnlimitedNginx(NginxServer):
-    """The shipped nginx config with every `limit_req` line of the sites taken out.
+class BenchNginx(NginxServer):
+    """The shipped nginx config, reached the way the internet reaches it.
 
-    Bench-only: it shows what the backend does when nginx lets everything through.
+    The load comes from 127.0.0.1, which nginx.conf counts as the server itself (its own
+    probes get /health/'s details and skip the health cache); here loopback is an address
+    of the internet like any other, as a user's browser would be. The subclasses take
+    one piece of the tuning out (bench-only).
     """
+
+    limits = True
+    health_cache = True
 
     def render(self) -> None:
         super().render()
+        conf = self.confdir / "nginx.conf"
+        text = conf.read_text()
+        loopback = r"(?m)^(\s*)(127\.0\.0\.1/32|::1/128) 1;$"
+        if len(re.findall(loopback, text)) != 2:
+            raise PrerequisiteError("nginx.conf's geo no longer lists 127.0.0.1/32 and ::1/128")
+        text = re.sub(loopback, r"\1\2 0;", text)
+        if not self.health_cache:
+            # the zone as well, and with it nginx's cache manager process
+            text, found = re.subn(r"(?m)^\s*proxy_cache_path\s[^;]*;", "", text)
+            if found != 1:
+                raise PrerequisiteError("nginx.conf no longer has one proxy_cache_path")
+        conf.write_text(text)
         for site in (self.confdir / "sites").glob("*.conf"):
             text = site.read_text()
-            site.write_text(re.sub(r"(?m)^(\s*)limit_req\s[^\n]*$", r"\1# limit_req: off", text))
+            if not self.limits:
+                text = re.sub(r"(?m)^(\s*)limit_req\s[^\n]*$", r"\1# limit_req: off", text)
+            if not self.health_cache:
+                text = re.sub(
+                    r"(?m)^(\s*)proxy_(cache|cache_\w+|no_cache|ignore_headers)\s[^\n]*$",
+                    r"\1# health cache: off",
+                    text,
+                )
+            site.write_text(text)
         check = self.nginx("-t", "-q")
         if check.returncode != 0:
-            raise PrerequisiteError(f"nginx -t refused the unlimited config:\n{check.stderr}")
+            raise PrerequisiteError(f"nginx -t refused the bench's config:\n{check.stderr}")
+
+
+class UnlimitedNginx(BenchNginx):
+    """Without any `limit_req` line: what the backend does when nginx lets everything in."""
+
+    limits = False
+
+
+class StockNginx(UnlimitedNginx):
+    """Without limits and without the health cache: the baseline's nginx. It keeps the
+    rest of the shipped config (TLS, upstream keepalive, gzip), so the comparison is the
+    backend's and the one-second cache of the internet's /health/ answers."""
+
+    health_cache = False
+
+
+NGINX_CLASSES = {"tuned": BenchNginx, "tuned-nolimit": UnlimitedNginx, "stock": StockNginx}
 
 
 @contextmanager
-def running_nginx(upstream: str, *, limits: bool = True) -> Iterator[NginxServer]:
+def running_nginx(upstream: str, *, cls: type[BenchNginx] = BenchNginx) -> Iterator[NginxServer]:
     """nginx from nginx/templates in front of `upstream` (both sites), on loopback."""
     with harness_nginx(
         {"prod": upstream, "staging": upstream},
         prefix="bench-nginx",
-        cls=NginxServer if limits else UnlimitedNginx,
+        cls=cls,
     ) as server:
         yield server
 
@@ -247,7 +290,7 @@ DESCRIPTIONS = {
     "tuned": "project configs; nginx with its rate limits (200 r/s, /api/ 500 r/s per address)",
     "tuned-nolimit": "project configs; bench-only nginx without limit_req",
     "stock": "stock PostgreSQL/gunicorn sync x2, no PgBouncer, Django DB, session and cache "
-    "defaults (no Redis); nginx without limit_req",
+    "defaults (no Redis); nginx without limit_req and without the health cache",
 }
 
 
@@ -269,6 +312,6 @@ def running_configs(names: list[str], workdir: Path, *, notes: int = 50) -> Iter
         for name in names:
             backend = backends["stock" if name == "stock" else "tuned"]
             upstream = f"127.0.0.1:{backend.app.port}"
-            nginx = stack.enter_context(running_nginx(upstream, limits=name == "tuned"))
+            nginx = stack.enter_context(running_nginx(upstream, cls=NGINX_CLASSES[name]))
             configs[name] = Config(name, DESCRIPTIONS[name], nginx, backend)
         yield configs

@@ -22,7 +22,8 @@ Then, target by target and config by config (so drift hits every config alike), 
 keeps --connections connections busy for --duration seconds (flat out, or with a mean
 pause of --think-ms between a connection's requests, like a user reading a page) against
 
-    health  /health/      the app's probe of PostgreSQL and Redis
+    health  /health/      the app's probe of PostgreSQL and Redis, as the internet asks it
+                          (the tuned nginx keeps that answer for a second; stock's does not)
     notes   /api/notes/   a page of 20 notes from PostgreSQL, anonymous
     admin   /admin/       the admin index as a logged-in superuser (the guide's target)
     login   /admin/login/ the login form, anonymous (not in a plain run)
@@ -38,6 +39,8 @@ over TLS to 127.0.0.1 with the site's name in SNI and Host, as a browser would r
 eduaiia.com (the certificate is verified against the test CA once before the load; wrk
 itself does not verify). The load comes from one address, so for nginx's per-address
 rate limits it is 100 users behind one NAT: answers 429 are counted apart from errors.
+The bench's nginx counts loopback as the internet (the shipped geo treats 127.0.0.1 as
+the server's own probes, which get /health/'s details and skip its cache).
 
 Per target and config: requests/s, p50/p95/p99 latency (wrk, client side), the error
 rate (answers other than 2xx/3xx/429, plus socket errors and wrk's timeouts), the 429

@@ -222,10 +222,15 @@ def test_effective_config_is_what_the_templates_say(nginx_server):
 
 def test_workers_run_unprivileged(nginx_server):
     master = nginx_server.service.proc.pid
-    children = subprocess.run(
-        ["ps", "-o", "user=", "--ppid", str(master)], capture_output=True, text=True
-    ).stdout.split()
-    assert children == ["www-data", "www-data"]
+    children = [
+        line.split(None, 1)
+        for line in subprocess.run(
+            ["ps", "-o", "user=,args=", "--ppid", str(master)], capture_output=True, text=True
+        ).stdout.splitlines()
+    ]
+    # two workers, the health cache's manager (and for its first minute, the loader)
+    assert [args for _user, args in children].count("nginx: worker process") == 2, children
+    assert {user for user, _args in children} == {"www-data"}, children
 
 
 def render(conf: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -868,6 +873,42 @@ def test_public_health_is_the_status_only_while_probes_get_details(app_behind_ng
     ):
         assert body["status"] == "ok" and body["environment"] == "production", body
         assert body["version"] and set(body["checks"]) == {"database", "cache"}
+
+
+def test_the_internets_health_answers_come_from_a_one_second_cache(app_behind_nginx):
+    """A burst of public /health/ requests reaches the app about once a second (nginx
+    answers the rest from its cache, access-log entries without an upstream), while the
+    server's own probes through nginx reach the app every time and read the details."""
+    nginx, _app, _login = app_behind_nginx
+    public_agent, own_agent = (f"health-cache-{secrets.token_hex(4)}" for _ in range(2))
+    started = time.monotonic()
+    public = [
+        request(nginx, PROD, "/health/", source="127.0.0.3", headers={"User-Agent": public_agent})
+        for _ in range(40)
+    ]
+    elapsed = time.monotonic() - started
+    own = [
+        request(nginx, PROD, "/health/", source="127.0.0.1", headers={"User-Agent": own_agent})
+        for _ in range(5)
+    ]
+    assert [(r.status, r.json()) for r in public] == [(200, {"status": "ok"})] * 40
+    # the app's no-store still reaches the client: only nginx keeps the answer
+    assert all(r.all("cache-control") == ["no-store"] for r in public)
+    assert all(r.status == 200 and r.json()["version"] for r in own)
+
+    def upstreams(agent: str) -> list[str]:
+        entries = [json.loads(raw) for raw in nginx.access_log.read_text().splitlines()]
+        return [e["upstream_addr"] for e in entries if e["user_agent"] == agent]
+
+    fetched = wait_until(lambda: len(upstreams(public_agent)) == 40 and upstreams(public_agent),
+                         timeout=10, what="the burst's access-log lines")  # fmt: skip
+    from_app = [u for u in fetched if u]
+    # nginx keeps an answer for the rest of the second it was fetched in and the next one
+    assert len(from_app) <= int(elapsed) + 2, (len(from_app), elapsed)
+    assert len(fetched) - len(from_app) >= 40 - (int(elapsed) + 2)
+    own_upstreams = wait_until(lambda: len(upstreams(own_agent)) == 5 and upstreams(own_agent),
+                               timeout=10, what="the probes' access-log lines")  # fmt: skip
+    assert all(own_upstreams), own_upstreams
 
 
 def test_admin_sign_in_burst_gets_429_past_five_a_minute(app_behind_nginx):
