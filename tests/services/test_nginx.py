@@ -896,18 +896,20 @@ def test_the_internets_health_answers_come_from_a_one_second_cache(app_behind_ng
     assert all(r.all("cache-control") == ["no-store"] for r in public)
     assert all(r.status == 200 and r.json()["version"] for r in own)
 
-    def upstreams(agent: str) -> list[str]:
-        entries = [json.loads(raw) for raw in nginx.access_log.read_text().splitlines()]
-        return [e["upstream_addr"] for e in entries if e["user_agent"] == agent]
+    def upstreams(agent: str, count: int) -> list[str]:
+        """The upstream of each of `agent`'s `count` requests, once all are logged."""
 
-    fetched = wait_until(lambda: len(upstreams(public_agent)) == 40 and upstreams(public_agent),
-                         timeout=10, what="the burst's access-log lines")  # fmt: skip
-    from_app = [u for u in fetched if u]
+        def logged() -> list[str] | None:
+            entries = [json.loads(raw) for raw in nginx.access_log.read_text().splitlines()]
+            found = [e["upstream_addr"] for e in entries if e["user_agent"] == agent]
+            return found if len(found) == count else None
+
+        return wait_until(logged, timeout=10, what=f"{count} access-log lines of {agent}")
+
+    from_app = [u for u in upstreams(public_agent, 40) if u]
     # nginx keeps an answer for the rest of the second it was fetched in and the next one
     assert len(from_app) <= int(elapsed) + 2, (len(from_app), elapsed)
-    assert len(fetched) - len(from_app) >= 40 - (int(elapsed) + 2)
-    own_upstreams = wait_until(lambda: len(upstreams(own_agent)) == 5 and upstreams(own_agent),
-                               timeout=10, what="the probes' access-log lines")  # fmt: skip
+    own_upstreams = upstreams(own_agent, 5)
     assert all(own_upstreams), own_upstreams
 
 
