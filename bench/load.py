@@ -368,6 +368,7 @@ class StackSampler:
     def sample(self) -> dict:
         rss: Counter = Counter()
         pss: Counter = Counter()
+        ticks_by: Counter = Counter()
         ticks = 0
         processes = 0
         tree: dict[int, tuple[int, int]] = {}
@@ -388,6 +389,7 @@ class StackSampler:
             except (FileNotFoundError, ProcessLookupError):
                 continue
             ticks += cpu[pid]
+            ticks_by[server] += cpu[pid]
             processes += 1
             rss[server] += status_kb(status, "VmRSS")
             pss[server] += status_kb(rollup, "Pss")
@@ -397,6 +399,7 @@ class StackSampler:
             "rss_kb": dict(rss),
             "pss_kb": dict(pss),
             "ticks": ticks,
+            "ticks_by_server": dict(ticks_by),
             "processes": processes,
             "machine_busy": busy,
             "machine_total": total,
@@ -441,8 +444,15 @@ def summarize_samples(samples: list[dict], clk_tck: int, cpus: int) -> dict:
     total = samples[-1]["ticks"] - samples[0]["ticks"]
     first, last = samples[0], samples[-1]
     jiffies = last["machine_total"] - first["machine_total"]
+    # per server from the first sample to the last (a server's processes come and go, but
+    # each counts the children it reaped, so the difference is its CPU over the run)
+    first_by, last_by = first.get("ticks_by_server", {}), last.get("ticks_by_server", {})
     return {
         "cpu_s": round(total / clk_tck, 2),
+        "cpu_s_by_server": {
+            server: round((last_by[server] - first_by.get(server, 0)) / clk_tck, 2)
+            for server in sorted(last_by)
+        },
         "peak_rss_mb": round(rss, 1),
         "peak_rss_by_server_mb": rss_by,
         "peak_pss_mb": round(pss, 1),
@@ -560,6 +570,14 @@ def measure(config, target: str, args, script: Path, cookie: str, raw_dir: Path 
         # it drifts far less than requests/s when other work shares the machine
         "cpu_ms_per_served": (
             round(1000 * stack["cpu_s"] / counts["served"], 3) if counts["served"] else None
+        ),
+        "cpu_ms_per_served_by_server": (
+            {
+                server: round(1000 * seconds / counts["served"], 3)
+                for server, seconds in stack["cpu_s_by_server"].items()
+            }
+            if counts["served"]
+            else None
         ),
         "loadgen_cpu_pct": round(100 * wrk_cpu / wall / (os.cpu_count() or 1), 1),
         "settled_s": settled_s,

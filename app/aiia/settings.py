@@ -59,7 +59,7 @@ SITE_DOMAIN = env.get_str("SITE_DOMAIN", "localhost")
 CSRF_FAILURE_VIEW = "core.views.csrf_failure"
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "core.apps.SiteAdminConfig",  # django.contrib.admin, its app list built once a request
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -136,7 +136,8 @@ DATABASES = {
 REDIS_KEY_PREFIX = env.get_str("REDIS_KEY_PREFIX", ENVIRONMENT)
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's, with one Redis client per pool rather than one per call (core.cache)
+        "BACKEND": "core.cache.RedisCache",
         "LOCATION": env.redis_url(
             env.get_str("REDIS_HOST", "localhost"),
             env.get_int("REDIS_PORT", 6379),

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import threading
+from unittest import mock
 
+from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.models import Session
+from django.core.cache import cache
 from django.test import Client, SimpleTestCase, TestCase, override_settings
 
 from core import health
@@ -262,3 +265,49 @@ class AdminTests(AppTestCase):
         Note.objects.create(title="visible in admin")
         page = self.client.get("/admin/core/note/")
         self.assertContains(page, "visible in admin")
+
+    def test_the_index_builds_its_app_list_once_per_request(self):
+        clerk = User.objects.create_user("clerk", "clerk@example.com", "pw-clerk-1", is_staff=True)
+        self.client.force_login(clerk)
+        build = admin.AdminSite._build_app_dict
+        with mock.patch.object(
+            admin.AdminSite, "_build_app_dict", autospec=True, side_effect=build
+        ) as counted:
+            page = self.client.get("/admin/")
+        self.assertEqual(page.status_code, 200)
+        # Django's own site builds it twice: the sidebar's and the page's
+        self.assertEqual(counted.call_count, 1)
+        self.assertIs(page.context["available_apps"], page.context["app_list"])
+        self.assertNotContains(page, "/admin/core/note/")
+        # the next request builds its own: what the user may see now, not then
+        clerk.user_permissions.add(Permission.objects.get(codename="view_note"))
+        self.assertContains(self.client.get("/admin/"), "/admin/core/note/")
+
+
+class CacheTests(AppTestCase):
+    def test_one_redis_client_per_pool_shared_by_threads(self):
+        client = cache._cache.get_client()
+        # Django's own backend builds a new one for every call. A boolean: a client's repr
+        # carries its password
+        same = cache._cache.get_client(write=True) is client
+        self.assertTrue(same, "a new Redis client for this call")
+        errors = []
+
+        def worker(n):
+            try:
+                for i in range(50):
+                    cache.set(f"cache-test-{n}-{i}", i, 30)
+                    if cache.get(f"cache-test-{n}-{i}") != i:
+                        errors.append((n, i))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        same = cache._cache.get_client() is client
+        self.assertTrue(same, "a new Redis client after the threads")
+        cache.delete_many([f"cache-test-{n}-{i}" for n in range(4) for i in range(50)])

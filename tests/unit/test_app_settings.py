@@ -204,7 +204,7 @@ def test_production_settings(environ):
     assert 2 <= db["OPTIONS"]["connect_timeout"] <= 5
 
     cache = s["CACHES"]["default"]
-    assert cache["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert cache["BACKEND"] == "core.cache.RedisCache"
     assert cache["LOCATION"] == "redis://aiia_prod:pa%3Ass%40word%2F1@redis:6379/0"
     assert cache["KEY_PREFIX"] == "prod"
     assert cache["OPTIONS"]["socket_connect_timeout"] <= 2

@@ -250,14 +250,17 @@ def test_parse_cpu_line():
 
 def test_summarize_samples_peaks_and_cpu():
     def sample(t, rss, pss, ticks, busy, total):
-        return {"t": t, "rss_kb": rss, "pss_kb": pss, "ticks": ticks, "processes": len(rss),
+        return {"t": t, "rss_kb": rss, "pss_kb": pss, "ticks": sum(ticks.values()),
+                "ticks_by_server": ticks, "processes": len(rss),
                 "machine_busy": busy, "machine_total": total}  # fmt: skip
 
     samples = [
-        sample(0.0, {"nginx": 10240, "gunicorn": 102400}, {"nginx": 2048}, 0, 0, 0),
-        sample(0.5, {"nginx": 20480, "gunicorn": 153600}, {"nginx": 4096}, 50, 90, 100),
-        sample(1.0, {"nginx": 10240, "gunicorn": 102400}, {"nginx": 3072}, 60, 140, 200),
-    ]
+        sample(0.0, {"nginx": 10240, "gunicorn": 102400}, {"nginx": 2048}, {"nginx": 0}, 0, 0),
+        sample(0.5, {"nginx": 20480, "gunicorn": 153600}, {"nginx": 4096},
+               {"nginx": 5, "gunicorn": 45}, 90, 100),
+        sample(1.0, {"nginx": 10240, "gunicorn": 102400}, {"nginx": 3072},
+               {"nginx": 8, "gunicorn": 52}, 140, 200),
+    ]  # fmt: skip
     summary = load.summarize_samples(samples, clk_tck=100, cpus=2)
     assert summary["peak_rss_mb"] == 170.0
     assert summary["peak_rss_by_server_mb"] == {"gunicorn": 150.0, "nginx": 20.0}
@@ -265,6 +268,8 @@ def test_summarize_samples_peaks_and_cpu():
     # 50 ticks in 0.5 s on 2 CPUs = 50 %; then 10 ticks = 10 %; 60 ticks over 1 s = 30 %
     assert summary["cpu_peak_pct"] == 50.0
     assert summary["cpu_avg_pct"] == 30.0
+    # a server first seen after the first sample counts from zero
+    assert summary["cpu_s_by_server"] == {"gunicorn": 0.52, "nginx": 0.08}
     assert summary["machine_cpu_avg_pct"] == 70.0
     assert summary["samples"] == 3
 
