@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -911,6 +912,83 @@ def test_the_internets_health_answers_come_from_a_one_second_cache(app_behind_ng
     assert len(from_app) <= int(elapsed) + 2, (len(from_app), elapsed)
     own_upstreams = upstreams(own_agent, 5)
     assert all(own_upstreams), own_upstreams
+
+
+# wrk with the URL's host in SNI and Host, connecting to nginx's loopback address
+WRK_CONNECT = """
+local connect = os.getenv("WRK_CONNECT")
+function wrk.resolve(host, service)
+   wrk.addrs = wrk.lookup(connect, service)
+end
+"""
+
+
+def upstream_connections(port: int) -> dict[int, int]:
+    """Established connections on gunicorn's port, by the process that holds them."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    held: dict[int, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        held[int(pid)] = held.get(int(pid), 0) + 1
+    return held
+
+
+def test_a_replaced_worker_gets_its_share_of_nginx_connections(app_behind_nginx, tmp_path):
+    """Under load nginx keeps its connections to gunicorn busy, so they never idle out.
+    When a worker exits (a max_requests recycle, a crash), nginx reconnects its share at
+    once and the surviving worker, the only one accepting in that instant, takes them
+    all. Kept alive, they would stay there: every request on one process and its GIL,
+    half the CPUs, until the next recycle moved them all again. nginx's keepalive_time
+    closes each upstream connection after a few seconds of use, and its successor goes
+    to whichever worker accepts it: the replacement gets its share back."""
+    require_binary("wrk", "packages")
+    nginx, app, _login = app_behind_nginx
+    script = tmp_path / "connect.lua"
+    script.write_text(WRK_CONNECT)
+    # /api/notes/ from 127.0.0.1: under the API's 500 r/s, and every request reaches gunicorn
+    wrk = subprocess.Popen(
+        ["wrk", "-t", "1", "-c", "32", "-d", "90s", "-s", str(script),
+         f"https://{PROD}:{nginx.https_port}/api/notes/"],
+        env={**os.environ, "WRK_CONNECT": nginx.host},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        master = app.service.proc.pid
+
+        def workers() -> set[int]:
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            return {int(pid) for pid in out.split()}
+
+        def both_busy() -> dict[int, int] | None:
+            held = upstream_connections(app.port)
+            return held if set(held) == workers() and len(held) == 2 else None
+
+        before = wait_until(both_busy, timeout=30, what="both workers holding connections")
+        victim = max(before)
+        os.kill(victim, signal.SIGTERM)  # a graceful exit, as a recycle is
+
+        def successor() -> int | None:
+            now = workers()
+            return next(iter(now - set(before)), None) if len(now) == 2 else None
+
+        wait_until(successor, timeout=30, what="the master replacing the worker")
+
+        def spread() -> dict[int, int] | None:
+            """Each worker (the replacement, or a later one if another recycled meanwhile)
+            holding a quarter of the connections at least."""
+            held = upstream_connections(app.port)
+            total = sum(held.values())
+            ok = len(held) == 2 and set(held) == workers() and min(held.values()) >= total // 4
+            return held if total and ok else None
+
+        wait_until(spread, timeout=45, what="nginx's connections spread over both workers")
+        assert wrk.poll() is None, "wrk stopped early"
+    finally:
+        wrk.terminate()
+        wrk.wait(30)
 
 
 def test_admin_sign_in_burst_gets_429_past_five_a_minute(app_behind_nginx):
