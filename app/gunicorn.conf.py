@@ -43,8 +43,10 @@ preload_app = workers > 1
 # recycle a worker after 10,000-15,000 requests so a slow leak cannot reach the memory
 # limit. A recycle is not free: the old worker stops accepting and drains (its kept-alive
 # connections linger up to 2 s) before the master forks its successor, so the container
-# runs on one worker meanwhile. At 2000 (+10 %), each worker of a saturated container
-# recycled about every 30 s, both close together, and the 20 s runs they fell into
+# runs on one worker meanwhile, and nginx's connections then all land on the survivor
+# (nginx's keepalive_time spreads them again: nginx/templates/app-site.conf). At 2000
+# (+10 %), each worker of a saturated container recycled about every 30 s, both close
+# together, and the 20 s runs they fell into
 # served a third fewer answers (bench/load.py, logged-in /admin/, two rounds: 92.0
 # answers/s with the machine's CPUs 69 % busy, against 135.6 and 95 % with recycling
 # off). At the guide's 100 users (about 50 requests/s a worker) 10,000 is a recycle
