@@ -89,7 +89,7 @@ def manage(env: dict, *args: str, check: bool = True, **kwargs) -> subprocess.Co
 class DjangoApp(Started):
     """gunicorn with app/gunicorn.conf.py on a loopback port (`with app:` runs it)."""
 
-    env: dict
+    env: dict = field(repr=False)  # the app's secrets among it
     workdir: Path
     port: int = field(default_factory=free_port)
     service: Service | None = None

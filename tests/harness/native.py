@@ -313,7 +313,7 @@ class AppDatabase:
     env: str
     db: str
     user: str
-    password: str
+    password: str = field(repr=False)
     env_file: Path
 
 
@@ -486,7 +486,7 @@ class RedisServer(NativeServer):
     """
 
     # env -> (user, password, key_prefix, db), from config/<env>.env.example
-    users: dict[str, tuple[str, str, str, int]]
+    users: dict[str, tuple[str, str, str, int]] = field(repr=False)  # passwords inside
     owner: pwd.struct_passwd = field(repr=False)
     port: int = field(default_factory=free_port)
     admin_password: str = field(default_factory=_new_password, repr=False)
