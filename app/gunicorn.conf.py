@@ -46,13 +46,13 @@ preload_app = workers > 1
 # runs on one worker meanwhile, and nginx's connections then all land on the survivor
 # (nginx's keepalive_time spreads them again: nginx/templates/app-site.conf). At 2000
 # (+10 %), each worker of a saturated container recycled about every 30 s, both close
-# together, and the 20 s runs they fell into
-# served a third fewer answers (bench/load.py, logged-in /admin/, two rounds: 92.0
-# answers/s with the machine's CPUs 69 % busy, against 135.6 and 95 % with recycling
-# off). At the guide's 100 users (about 50 requests/s a worker) 10,000 is a recycle
-# every 3-5 minutes per worker. A worker's memory levels off long before: PSS 26-29 MiB
-# fresh, 31-32 after 6,600 and again after 7,200 requests of logged-in /admin/ and
-# /api/notes/ (production's 2 x 2 behind nginx, flat out).
+# together, and the 20 s runs they fell into served a third fewer answers
+# (bench/load.py, logged-in /admin/, two rounds: 92.0 answers/s with the machine's CPUs
+# 69 % busy, against 135.6 and 95 % with recycling off). At the guide's 100 users (about
+# 50 requests/s a worker) 10,000 is a recycle every 3-5 minutes per worker. A worker's
+# memory levels off long before: PSS 26-29 MiB fresh, 31-32 after 6,600 and again after
+# 7,200 requests of logged-in /admin/ and /api/notes/ (production's 2 x 2 behind nginx,
+# flat out).
 max_requests = 10_000
 # up to 50 % more per worker: the workers of one container drift apart and recycle
 # minutes apart, never together

@@ -446,7 +446,7 @@ def summarize_samples(samples: list[dict], clk_tck: int, cpus: int) -> dict:
     jiffies = last["machine_total"] - first["machine_total"]
     # per server from the first sample to the last (a server's processes come and go, but
     # each counts the children it reaped, so the difference is its CPU over the run)
-    first_by, last_by = first.get("ticks_by_server", {}), last.get("ticks_by_server", {})
+    first_by, last_by = first["ticks_by_server"], last["ticks_by_server"]
     return {
         "cpu_s": round(total / clk_tck, 2),
         "cpu_s_by_server": {

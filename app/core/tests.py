@@ -285,7 +285,7 @@ class AdminTests(AppTestCase):
 
 
 class CacheTests(AppTestCase):
-    def test_one_redis_client_per_pool_shared_by_threads(self):
+    def test_one_redis_client_per_pool_and_threads_work_beside_it(self):
         client = cache._cache.get_client()
         # Django's own backend builds a new one for every call. A boolean: a client's repr
         # carries its password
@@ -293,6 +293,7 @@ class CacheTests(AppTestCase):
         self.assertTrue(same, "a new Redis client for this call")
         errors = []
 
+        # each thread gets a backend (and a client) of its own from Django's `caches`
         def worker(n):
             try:
                 for i in range(50):

@@ -276,7 +276,8 @@ def test_summarize_samples_peaks_and_cpu():
 
 def test_one_sample_has_memory_but_no_cpu():
     one = {"t": 0.0, "rss_kb": {"redis": 1024}, "pss_kb": {"redis": 512}, "ticks": 9,
-           "processes": 1, "machine_busy": 1, "machine_total": 2}  # fmt: skip
+           "ticks_by_server": {"redis": 9}, "processes": 1, "machine_busy": 1,
+           "machine_total": 2}  # fmt: skip
     summary = load.summarize_samples([one], clk_tck=100, cpus=2)
     assert summary["peak_rss_mb"] == 1.0 and summary["peak_pss_mb"] == 0.5
     assert summary["cpu_peak_pct"] is None and summary["cpu_avg_pct"] is None
