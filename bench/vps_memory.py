@@ -22,7 +22,9 @@ Phases: idle (the highest of 10 samples, 1 s apart); load: `--users` simulated u
 against https://eduaiia.com and https://staging.eduaiia.com through `--https` (each
 user: a page, then 0.5-1.5 s of think time, repeated for `--load-seconds`); deploy:
 `fab deploy --env production --image REF` with staging up, sampled every 0.5 s, its
-peak. Prints a table, then the figures as JSON. It never fails on a figure: it reports.
+peak. Prints a table, then the figures as JSON. Each phase is set against its goal two
+ways: the machine's cgroup, and what the goals name (the containers plus the engine's
+daemons, summed in one sample, its highest). It never fails on a figure: it reports.
 """
 
 from __future__ import annotations
@@ -242,6 +244,11 @@ class Peak:
     at_peak: Sample | None = None
     # and when, in seconds from the phase's start (to set beside a deploy's step timings)
     peak_at_s: float = 0.0
+    # what the goals name, summed in one sample: the containers plus dockerd, containerd
+    # and the shims (docker-proxy if any); the highest sample's total and how many
+    # containers it held
+    counted_mb: float = 0.0
+    counted_n: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, s: Sample) -> None:
@@ -249,6 +256,9 @@ class Peak:
         if self.at_peak is None or s.machine_mb > self.at_peak.machine_mb:
             self.at_peak = s
             self.peak_at_s = time.monotonic() - self.started
+        counted = sum(s.containers.values()) + sum(mb for _, mb in s.daemons.values())
+        if counted > self.counted_mb:
+            self.counted_mb, self.counted_n = counted, len(s.containers)
         for k, v in s.containers.items():
             self.containers[k] = max(self.containers.get(k, 0.0), v)
         for k, (n, mb) in s.daemons.items():
@@ -502,6 +512,8 @@ def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
     row("at its peak: containers (n)", [at_peak(p, "containers") for p in phases.values()])
     row("at its peak: daemons (PSS)", [at_peak(p, "daemons") for p in phases.values()])
     row("at its peak: not page cache", [at_peak(p, "pinned") for p in phases.values()])
+    row("containers + daemons, one sample (n)",
+        [f"{p.counted_mb:.1f} ({p.counted_n})" for p in phases.values()])  # fmt: skip
     row("limit", [f"{p.limit_mb:.0f}" for p in phases.values()])
     row("OOM kills", [str(p.oom_kills) for p in phases.values()])
     row("samples", [str(p.samples) for p in phases.values()])
@@ -515,6 +527,19 @@ def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
     top = max(p.machine_mb for p in phases.values())
     lines.append(
         f"highest {top:.0f} MiB against the goal of {goal_peak:.0f}: "
+        + ("met" if top <= goal_peak else f"not met, {top - goal_peak:.0f} over")
+    )
+    # the goals' own count: what they name (containers and the engine's daemons), not
+    # the machine's systemd, sshd, kernel and active page cache
+    if "idle" in phases:
+        idle = phases["idle"].counted_mb
+        lines.append(
+            f"containers + daemons idle {idle:.0f} MiB against {goal_idle:.0f}: "
+            + ("met" if idle <= goal_idle else f"not met, {idle - goal_idle:.0f} over")
+        )
+    top = max(p.counted_mb for p in phases.values())
+    lines.append(
+        f"containers + daemons highest {top:.0f} MiB against {goal_peak:.0f}: "
         + ("met" if top <= goal_peak else f"not met, {top - goal_peak:.0f} over")
     )
     return "\n".join(lines)
@@ -623,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
                 "oom_kills": p.oom_kills,
                 "samples": p.samples,
                 "machine_peak_at_s": round(p.peak_at_s, 1),
+                "containers_and_daemons_mib": p.counted_mb,
+                "containers_and_daemons_n": p.counted_n,
                 "at_machine_peak": None
                 if p.at_peak is None
                 else {

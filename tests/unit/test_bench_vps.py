@@ -85,3 +85,7 @@ def test_a_phase_keeps_what_held_the_machine_at_its_own_peak():
     text = vps_memory.table({"deploy peak": peak}, 350, 480)
     assert "| at its peak: containers (n)" in text and "120.0 (2)" in text
     assert "| at its peak: not page cache" in text and "350.0" in text
+    # the goals' own count is one sample's sum (the third: 220 + 50), not the rows' maxima
+    assert (peak.counted_mb, peak.counted_n) == (270, 3)
+    assert "| containers + daemons, one sample (n)" in text and "270.0 (3)" in text
+    assert "containers + daemons highest 270 MiB against 480: met" in text
