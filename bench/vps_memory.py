@@ -518,30 +518,19 @@ def table(phases: dict[str, Peak], goal_idle: float, goal_peak: float) -> str:
     row("OOM kills", [str(p.oom_kills) for p in phases.values()])
     row("samples", [str(p.samples) for p in phases.values()])
     lines = rows
-    if "idle" in phases:
-        idle = phases["idle"].machine_mb
-        lines.append(
-            f"idle {idle:.0f} MiB against the goal of {goal_idle:.0f}: "
-            + ("met" if idle <= goal_idle else f"not met, {idle - goal_idle:.0f} over")
-        )
-    top = max(p.machine_mb for p in phases.values())
-    lines.append(
-        f"highest {top:.0f} MiB against the goal of {goal_peak:.0f}: "
-        + ("met" if top <= goal_peak else f"not met, {top - goal_peak:.0f} over")
-    )
-    # the goals' own count: what they name (containers and the engine's daemons), not
-    # the machine's systemd, sshd, kernel and active page cache
-    if "idle" in phases:
-        idle = phases["idle"].counted_mb
-        lines.append(
-            f"containers + daemons idle {idle:.0f} MiB against {goal_idle:.0f}: "
-            + ("met" if idle <= goal_idle else f"not met, {idle - goal_idle:.0f} over")
-        )
-    top = max(p.counted_mb for p in phases.values())
-    lines.append(
-        f"containers + daemons highest {top:.0f} MiB against {goal_peak:.0f}: "
-        + ("met" if top <= goal_peak else f"not met, {top - goal_peak:.0f} over")
-    )
+
+    def against(label: str, mb: float, goal: float) -> str:
+        verdict = "met" if mb <= goal else f"not met, {mb - goal:.0f} over"
+        return f"{label} {mb:.0f} MiB against the goal of {goal:.0f}: {verdict}"
+
+    # the machine's cgroup, then the goals' own count: what they name (containers and the
+    # engine's daemons), not the machine's systemd, sshd, kernel and active page cache
+    counts = (("", lambda p: p.machine_mb), ("containers + daemons ", lambda p: p.counted_mb))
+    for prefix, figure in counts:
+        if "idle" in phases:
+            lines.append(against(f"{prefix}idle", figure(phases["idle"]), goal_idle))
+        top = max(figure(p) for p in phases.values())
+        lines.append(against(f"{prefix}highest", top, goal_peak))
     return "\n".join(lines)
 
 

@@ -88,4 +88,5 @@ def test_a_phase_keeps_what_held_the_machine_at_its_own_peak():
     # the goals' own count is one sample's sum (the third: 220 + 50), not the rows' maxima
     assert (peak.counted_mb, peak.counted_n) == (270, 3)
     assert "| containers + daemons, one sample (n)" in text and "270.0 (3)" in text
-    assert "containers + daemons highest 270 MiB against 480: met" in text
+    assert "highest 505 MiB against the goal of 480: not met, 25 over" in text
+    assert "containers + daemons highest 270 MiB against the goal of 480: met" in text
